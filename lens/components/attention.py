@@ -1,0 +1,188 @@
+"""Multi-head / grouped-query attention with every intermediate hookable.
+
+Hooks (TransformerLens names and shapes):
+    hook_q ``[batch, pos, head, d_head]``, hook_k / hook_v ``[batch, pos, kv_head, d_head]``,
+    hook_rot_q / hook_rot_k (after rotary), hook_attn_scores and hook_pattern
+    ``[batch, head, query_pos, key_pos]`` (scores are masked with -inf before the hook),
+    hook_z ``[batch, pos, head, d_head]``, hook_result ``[batch, pos, head, d_model]`` (use_attn_result).
+
+Two paths give the same numbers: when neither ``hook_attn_scores`` nor ``hook_pattern`` is hooked
+(or cached), attention runs through ``torch.nn.functional.scaled_dot_product_attention`` and never
+materialises the ``query x key`` matrix; otherwise scores and pattern are computed explicitly so hooks
+can read and edit them.
+
+Weights are stored fused for speed (``qkv_weight`` ``[(n_heads + 2 n_kv) d_head, d_model]``, one GEMM);
+TransformerLens-shaped views are properties: ``W_Q`` ``[head, d_model, d_head]``, ``W_O``
+``[head, d_head, d_model]``, ``b_Q`` ``[head, d_head]``, ... Views share storage, so in-place edits
+of ``attn.W_Q`` change the model.
+
+>>> attn.W_Q.shape, attn.W_K.shape   # with GQA: n_key_value_heads on K and V
+(torch.Size([8, 256, 32]), torch.Size([2, 256, 32]))
+"""
+
+from __future__ import annotations
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from lens.components.masking import AttentionContext
+from lens.components.rotary import apply_rotary
+from lens.config import TransformerConfig
+from lens.hooks import HookPoint
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        h, kv, dh, d = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
+        self.n_rep = h // kv
+        self.window = cfg.layer_window(layer_idx)
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else dh**-0.5
+        kw = dict(dtype=cfg.dtype, device=cfg.device)
+        self.qkv_weight = nn.Parameter(torch.empty((h + 2 * kv) * dh, d, **kw))
+        self.qkv_bias = nn.Parameter(torch.zeros((h + 2 * kv) * dh, **kw)) if cfg.qkv_bias else None
+        self.o_weight = nn.Parameter(torch.empty(d, h * dh, **kw))
+        self.o_bias = nn.Parameter(torch.zeros(d, **kw)) if cfg.attn_out_bias else None
+
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        if cfg.positional == "rotary":
+            self.hook_rot_q = HookPoint()
+            self.hook_rot_k = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+        if cfg.use_attn_result:
+            self.hook_result = HookPoint()
+
+    # -- TransformerLens-shaped weight views ------------------------------------------------------
+    def _split(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h, kv, dh = self.cfg.n_heads, self.cfg.n_key_value_heads, self.cfg.d_head
+        return t.split([h * dh, kv * dh, kv * dh], dim=0)
+
+    def _w_heads(self, w: Tensor, n: int) -> Float[Tensor, "head d_model d_head"]:
+        return w.view(n, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._w_heads(self._split(self.qkv_weight)[0], self.cfg.n_heads)
+
+    @property
+    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return self._w_heads(self._split(self.qkv_weight)[1], self.cfg.n_key_value_heads)
+
+    @property
+    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return self._w_heads(self._split(self.qkv_weight)[2], self.cfg.n_key_value_heads)
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
+        return self.o_weight.T.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+
+    def _bias(self, i: int, n: int) -> Tensor:
+        if self.qkv_bias is None:
+            return torch.zeros(n, self.cfg.d_head, dtype=self.qkv_weight.dtype, device=self.qkv_weight.device)
+        return self._split(self.qkv_bias)[i].view(n, self.cfg.d_head)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "head d_head"]:
+        return self._bias(0, self.cfg.n_heads)
+
+    @property
+    def b_K(self) -> Float[Tensor, "kv_head d_head"]:
+        return self._bias(1, self.cfg.n_key_value_heads)
+
+    @property
+    def b_V(self) -> Float[Tensor, "kv_head d_head"]:
+        return self._bias(2, self.cfg.n_key_value_heads)
+
+    @property
+    def b_O(self) -> Float[Tensor, "d_model"]:
+        if self.o_bias is None:
+            return torch.zeros(self.cfg.d_model, dtype=self.o_weight.dtype, device=self.o_weight.device)
+        return self.o_bias
+
+    @property
+    def explicit(self) -> bool:
+        """True when scores/pattern must be materialised (someone hooks or caches them)."""
+        return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+
+    # -- forward ------------------------------------------------------------------------------------
+    def _project(self, x: Tensor, i: int, n: int) -> Float[Tensor, "batch pos n d_head"]:
+        """Project a residual ``[b, p, d]`` or per-head input ``[b, p, n, d]`` to ``[b, p, n, d_head]``."""
+        w = self._split(self.qkv_weight)[i]
+        b = None if self.qkv_bias is None else self._split(self.qkv_bias)[i]
+        if x.ndim == 3:
+            return F.linear(x, w, b).unflatten(-1, (n, self.cfg.d_head))
+        out = torch.einsum("bpnd,nkd->bpnk", x, w.view(n, self.cfg.d_head, self.cfg.d_model))
+        return out if b is None else out + b.view(n, self.cfg.d_head)
+
+    def forward(
+        self,
+        query_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
+        key_input: Tensor | None,
+        value_input: Tensor | None,
+        ctx: AttentionContext,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        cfg = self.cfg
+        h, kv, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
+        if key_input is None and query_input.ndim == 3:
+            qkv = F.linear(query_input, self.qkv_weight, self.qkv_bias)
+            q, k, v = qkv.split([h * dh, kv * dh, kv * dh], dim=-1)
+            q, k, v = q.unflatten(-1, (h, dh)), k.unflatten(-1, (kv, dh)), v.unflatten(-1, (kv, dh))
+        else:
+            key_input = query_input if key_input is None else key_input
+            value_input = query_input if value_input is None else value_input
+            q = self._project(query_input, 0, h)
+            k = self._project(key_input, 1, kv)
+            v = self._project(value_input, 2, kv)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cfg.positional == "rotary":
+            q = self.hook_rot_q(apply_rotary(q, ctx.cos, ctx.sin))
+            k = self.hook_rot_k(apply_rotary(k, ctx.cos, ctx.sin))
+        if ctx.kv_cache is not None:
+            k, v = ctx.kv_cache.update(self.layer_idx, k, v)
+
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, n, pos, dh]
+        k_len = kh.shape[-2]
+        if self.explicit:
+            z = self._explicit_attention(qh, kh, vh, ctx, k_len)
+        else:
+            z = self._fused_attention(qh, kh, vh, ctx, k_len)
+        z = self.hook_z(z.transpose(1, 2))  # [b, pos, head, dh]
+
+        if cfg.use_attn_result:
+            result = self.hook_result(einops.einsum(z, self.W_O, "b p h k, h k d -> b p h d"))
+            out = result.sum(dim=2)
+            return out if self.o_bias is None else out + self.o_bias
+        return F.linear(z.reshape(*z.shape[:2], h * dh), self.o_weight, self.o_bias)
+
+    def _fused_attention(
+        self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int
+    ) -> Tensor:
+        gqa = self.n_rep > 1
+        if ctx.is_plain_causal(k_len, self.window):
+            return F.scaled_dot_product_attention(
+                qh, kh, vh, is_causal=True, scale=self.scale, enable_gqa=gqa
+            )
+        mask = ctx.mask(k_len, self.window)
+        return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+
+    def _explicit_attention(
+        self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int
+    ) -> Tensor:
+        if self.n_rep > 1:
+            kh = kh.repeat_interleave(self.n_rep, dim=1)
+            vh = vh.repeat_interleave(self.n_rep, dim=1)
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale
+        mask = ctx.mask(k_len, self.window)
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype)
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        pattern = self.hook_pattern(pattern)
+        return torch.matmul(pattern, vh)

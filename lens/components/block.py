@@ -1,0 +1,93 @@
+"""One residual block: ``resid_pre -> ln1 -> attn -> (+) -> resid_mid -> ln2 -> mlp -> (+) -> resid_post``.
+
+Hooks: ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid`` (sequential blocks with an MLP),
+``hook_mlp_out``, ``hook_resid_post``, all ``[batch, pos, d_model]``; behind config flags as in
+TransformerLens: ``hook_attn_in`` ``[batch, pos, head, d_model]`` (use_attn_in),
+``hook_q_input``/``hook_k_input``/``hook_v_input`` (use_split_qkv_input; k/v have n_key_value_heads),
+``hook_mlp_in`` (use_hook_mlp_in). With ``parallel_attn_mlp`` (GPT-NeoX) attention and MLP both read
+``resid_pre`` and there is no ``resid_mid``.
+
+Under grouped-query attention with per-head inputs, key/value head ``g`` reads the input of query
+head ``g * n_heads // n_key_value_heads`` (the first head of its group).
+"""
+
+from __future__ import annotations
+
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from lens.components.attention import Attention
+from lens.components.masking import AttentionContext
+from lens.components.mlp import MLP
+from lens.components.norm import make_norm
+from lens.config import TransformerConfig
+from lens.hooks import HookPoint
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        self.has_mlp = not cfg.attn_only
+        self.ln1 = make_norm(cfg)
+        self.attn = Attention(cfg, layer_idx)
+        if self.has_mlp:
+            self.ln2 = make_norm(cfg)
+            self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()
+        if cfg.use_attn_in:
+            self.hook_attn_in = HookPoint()
+        if cfg.use_split_qkv_input:
+            self.hook_q_input = HookPoint()
+            self.hook_k_input = HookPoint()
+            self.hook_v_input = HookPoint()
+        self.hook_attn_out = HookPoint()
+        if self.has_mlp:
+            if cfg.use_hook_mlp_in:
+                self.hook_mlp_in = HookPoint()
+            if not cfg.parallel_attn_mlp:
+                self.hook_resid_mid = HookPoint()
+            self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def _ln1(self, x: Tensor) -> Tensor:
+        return x if self.ln1 is None else self.ln1(x)
+
+    def _ln2(self, x: Tensor) -> Tensor:
+        return x if self.ln2 is None else self.ln2(x)
+
+    def _attention(self, resid_pre: Tensor, ctx: AttentionContext) -> Tensor:
+        cfg = self.cfg
+        h, kv = cfg.n_heads, cfg.n_key_value_heads
+        if cfg.use_split_qkv_input:
+            per_head = resid_pre.unsqueeze(2)
+            q_in = self.hook_q_input(per_head.expand(-1, -1, h, -1).clone())
+            k_in = self.hook_k_input(per_head.expand(-1, -1, kv, -1).clone())
+            v_in = self.hook_v_input(per_head.expand(-1, -1, kv, -1).clone())
+            return self.attn(self._ln1(q_in), self._ln1(k_in), self._ln1(v_in), ctx)
+        if cfg.use_attn_in:
+            attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).expand(-1, -1, h, -1).clone())
+            x = self._ln1(attn_in)
+            kv_in = x[:, :, :: h // kv]
+            return self.attn(x, kv_in, kv_in, ctx)
+        return self.attn(self._ln1(resid_pre), None, None, ctx)
+
+    def forward(
+        self, resid_pre: Float[Tensor, "batch pos d_model"], ctx: AttentionContext
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self._attention(resid_pre, ctx))
+        if not self.has_mlp:
+            return self.hook_resid_post(resid_pre + attn_out)
+        if self.cfg.parallel_attn_mlp:
+            mlp_in = self.hook_mlp_in(resid_pre.clone()) if self.cfg.use_hook_mlp_in else resid_pre
+            mlp_out = self.hook_mlp_out(self.mlp(self._ln2(mlp_in)))
+            return self.hook_resid_post(resid_pre + attn_out + mlp_out)
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self._ln2(mlp_in)))
+        return self.hook_resid_post(resid_mid + mlp_out)

@@ -1,0 +1,70 @@
+"""LayerNorm and RMSNorm with TransformerLens's hooks.
+
+``hook_scale`` is the divisor ``sqrt(mean(x_centered^2) + eps)`` of shape ``[..., 1]``;
+``hook_normalized`` is the norm's output (after the learned weight and bias). When nobody hooks
+``hook_scale``, LayerNorm takes torch's fused kernel; both paths agree to float rounding.
+
+>>> ln = LayerNorm(64, eps=1e-5); ln(torch.randn(2, 3, 64)).shape
+torch.Size([2, 3, 64])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from lens.config import TransformerConfig
+from lens.hooks import HookPoint
+
+
+class LayerNorm(nn.Module):
+    """``(x - mean) / scale * w + b`` over the last dimension."""
+
+    def __init__(self, d: int, eps: float, bias: bool = True, dtype=torch.float32, device=None):
+        super().__init__()
+        self.d, self.eps = d, eps
+        self.w = nn.Parameter(torch.ones(d, dtype=dtype, device=device))
+        self.b = nn.Parameter(torch.zeros(d, dtype=dtype, device=device)) if bias else None
+        self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_normalized = HookPoint()  # [..., d]
+
+    def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        if not self.hook_scale.has_hooks:
+            return self.hook_normalized(F.layer_norm(x, (self.d,), self.w, self.b, self.eps))
+        dtype = x.dtype
+        if dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        out = (x / scale).to(dtype) * self.w
+        if self.b is not None:
+            out = out + self.b
+        return self.hook_normalized(out)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * w``, computed in float32 and cast back as Hugging Face does."""
+
+    def __init__(self, d: int, eps: float, dtype=torch.float32, device=None):
+        super().__init__()
+        self.d, self.eps = d, eps
+        self.w = nn.Parameter(torch.ones(d, dtype=dtype, device=device))
+        self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_normalized = HookPoint()  # [..., d]
+
+    def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        dtype = x.dtype
+        x32 = x.float()
+        scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(self.w * (x32 / scale).to(dtype))
+
+
+def make_norm(cfg: TransformerConfig) -> nn.Module | None:
+    """The normalisation layer ``cfg.normalization`` asks for, or None."""
+    if cfg.normalization == "LN":
+        return LayerNorm(cfg.d_model, cfg.eps, cfg.norm_bias, cfg.dtype, cfg.device)
+    if cfg.normalization == "RMS":
+        return RMSNorm(cfg.d_model, cfg.eps, cfg.dtype, cfg.device)
+    return None

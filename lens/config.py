@@ -1,0 +1,216 @@
+"""`TransformerConfig`: the validated description of a lens transformer.
+
+Every architectural choice lives here as data, so shared components never test family names: a
+per-family adapter (``lens.adapters``) turns a Hugging Face config into one of these.
+
+Example:
+    >>> cfg = TransformerConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=100, n_ctx=128)
+    >>> cfg.d_head, cfg.d_mlp
+    (16, 256)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu", "quick_gelu", "solu_ln")
+NORMALIZATIONS = ("LN", "RMS", None)
+POSITIONALS = ("learned", "rotary", None)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "double": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Turn ``"bf16"``, ``"torch.float16"`` or a ``torch.dtype`` into a floating ``torch.dtype``.
+
+    >>> resolve_dtype("bf16")
+    torch.bfloat16
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.removeprefix("torch.").lower()
+        if key in _DTYPES:
+            return _DTYPES[key]
+        raise ValueError(
+            f"dtype {dtype!r} is not a dtype; use one of {sorted(set(_DTYPES))} or a torch.dtype"
+        )
+    raise TypeError(f"dtype must be a str or torch.dtype, got {type(dtype).__name__}")
+
+
+@dataclass
+class TransformerConfig:
+    """Architecture and runtime settings of a :class:`lens.HookedTransformer`.
+
+    Derived fields: ``d_head`` defaults to ``d_model // n_heads``, ``d_mlp`` to ``4 * d_model``,
+    ``n_key_value_heads`` to ``n_heads`` (plain multi-head attention), ``rotary_dim`` to ``d_head``.
+    Inconsistent values raise ``ValueError`` at construction.
+
+    ``n_ctx`` is the context lens accepts; ``n_ctx_trained`` the maximum the weights were trained for
+    (``context_size_override`` may raise ``n_ctx`` up to it). Nothing is allocated per position, so a
+    large ``n_ctx`` costs no memory until it is used.
+
+    Example:
+        >>> TransformerConfig(n_layers=1, d_model=64, n_heads=4, n_key_value_heads=2,
+        ...                   d_vocab=100, n_ctx=64, positional="rotary", normalization="RMS",
+        ...                   act_fn="silu", gated_mlp=True).n_key_value_heads
+        2
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_vocab: int
+    n_ctx: int
+    d_head: int | None = None
+    n_key_value_heads: int | None = None
+    d_mlp: int | None = None
+    act_fn: str = "gelu_new"
+    normalization: str | None = "LN"
+    eps: float = 1e-5
+    positional: str | None = "learned"
+    rotary_base: float = 10000.0
+    rotary_dim: int | None = None
+    rope_scaling: dict[str, Any] | None = None
+    window_size: int | None = None
+    window_layers: tuple[int, ...] | None = None
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
+    attn_only: bool = False
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = True
+    attn_out_bias: bool = True
+    mlp_bias: bool = True
+    unembed_bias: bool = False
+    norm_bias: bool = True
+    embedding_multiplier: float | None = None
+    attn_scale: float | None = None
+    n_ctx_trained: int | None = None
+    use_attn_result: bool = False
+    use_split_qkv_input: bool = False
+    use_hook_mlp_in: bool = False
+    use_attn_in: bool = False
+    default_prepend_bos: bool = True
+    default_padding_side: str = "right"
+    tokenizer_name: str | None = None
+    model_name: str = "custom"
+    dtype: torch.dtype | str = torch.float32
+    device: str | torch.device | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
+            _check_positive_int(name, getattr(self, name))
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "set d_head explicitly or choose compatible sizes"
+                )
+            self.d_head = self.d_model // self.n_heads
+        _check_positive_int("d_head", self.d_head)
+        if self.n_key_value_heads is None:
+            self.n_key_value_heads = self.n_heads
+        _check_positive_int("n_key_value_heads", self.n_key_value_heads)
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not divisible by n_key_value_heads={self.n_key_value_heads}"
+            )
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if not self.attn_only:
+            _check_positive_int("d_mlp", self.d_mlp)
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn={self.act_fn!r} is not supported; choose one of {ACTIVATIONS}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={self.normalization!r} must be one of {NORMALIZATIONS}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional={self.positional!r} must be one of {POSITIONALS}")
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise ValueError(f"eps={self.eps!r} must be a positive number")
+        if self.rotary_dim is None:
+            self.rotary_dim = self.d_head
+        if self.positional == "rotary":
+            _check_positive_int("rotary_dim", self.rotary_dim)
+            if self.rotary_dim > self.d_head or self.rotary_dim % 2:
+                raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= d_head={self.d_head}")
+            if self.rotary_base <= 0:
+                raise ValueError(f"rotary_base={self.rotary_base} must be positive")
+        if self.window_size is not None:
+            _check_positive_int("window_size", self.window_size)
+        if self.window_layers is not None:
+            self.window_layers = tuple(int(i) for i in self.window_layers)
+            bad = [i for i in self.window_layers if not 0 <= i < self.n_layers]
+            if bad:
+                raise ValueError(f"window_layers {bad} are outside [0, n_layers={self.n_layers})")
+        if self.parallel_attn_mlp and self.attn_only:
+            raise ValueError("parallel_attn_mlp=True needs an MLP, but attn_only=True")
+        if self.n_ctx_trained is not None:
+            _check_positive_int("n_ctx_trained", self.n_ctx_trained)
+        if self.default_padding_side not in ("left", "right"):
+            raise ValueError(f"default_padding_side={self.default_padding_side!r} must be 'left' or 'right'")
+        self.dtype = resolve_dtype(self.dtype)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding-window size used by ``layer`` (None: full causal attention)."""
+        if self.window_size is None:
+            return None
+        if self.window_layers is None or layer in self.window_layers:
+            return self.window_size
+        return None
+
+    @property
+    def n_params(self) -> int:
+        """Approximate count of weight-matrix parameters (TransformerLens convention: no embeddings)."""
+        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_key_value_heads)
+        mlp = 0 if self.attn_only else self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+        return self.n_layers * (attn + mlp)
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (dtype and device as strings)."""
+        out = dataclasses.asdict(self)
+        out["dtype"] = str(self.dtype).removeprefix("torch.")
+        out["device"] = None if self.device is None else str(self.device)
+        if out["window_layers"] is not None:
+            out["window_layers"] = list(out["window_layers"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig fields: {unknown}")
+        return cls(**data)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")

@@ -1,0 +1,1 @@
+"""Text generation utilities: Hugging Face-exact logits processing and sampling."""

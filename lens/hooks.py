@@ -1,0 +1,348 @@
+"""Hook points and the hook-management API shared by every lens model.
+
+A :class:`HookPoint` is an identity module placed at each activation. Hook functions
+``fn(activation, hook)`` attached to it may read the activation or return a tensor that replaces it.
+:class:`HookedRootModule` names every hook point after its module path and provides
+``run_with_hooks``, ``run_with_cache``, ``hooks()``, ``add_hook`` and ``reset_hooks`` with
+TransformerLens's semantics. Hooks added for one call are always removed, even when the forward raises.
+
+HookPoint keeps its own hook lists instead of torch's module hooks: a forward with no hooks pays one
+attribute check per hook point, and components can ask ``hook.has_hooks`` to pick a fused fast path
+(e.g. ``scaled_dot_product_attention``) when nobody is watching.
+
+Example:
+    >>> def zero_head_0(z, hook):
+    ...     z[:, :, 0] = 0.0
+    ...     return z
+    >>> logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head_0)])
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+HookFn = Callable[..., Any]
+NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
+HookSpec = tuple[str | Callable[[str], bool], HookFn]
+
+
+class _Handle:
+    """Removal handle for one hook function on one HookPoint."""
+
+    __slots__ = ("point", "fn", "dir", "permanent", "level", "tensor_handles")
+
+    def __init__(self, point: HookPoint, fn: HookFn, dir: str, permanent: bool, level: int | None):
+        self.point, self.fn, self.dir, self.permanent, self.level = point, fn, dir, permanent, level
+        self.tensor_handles: list[Any] = []
+
+    def remove(self) -> None:
+        lst = self.point._fwd if self.dir == "fwd" else self.point._bwd
+        if self in lst:
+            lst.remove(self)
+        for h in self.tensor_handles:
+            h.remove()
+        self.tensor_handles.clear()
+
+
+class HookPoint(nn.Module):
+    """An identity module that calls the hook functions attached to it.
+
+    ``fn(activation, hook)`` receives the activation and this HookPoint (``hook.name`` is its full
+    name). A forward hook that returns a tensor replaces the activation; it must keep the shape.
+    A backward hook receives the gradient with respect to the activation.
+
+    >>> hp = HookPoint(); hp.name = "demo"
+    >>> _ = hp.add_hook(lambda x, hook: x * 2)
+    >>> hp(torch.ones(2)).tolist()
+    [2.0, 2.0]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str | None = None
+        self._fwd: list[_Handle] = []
+        self._bwd: list[_Handle] = []
+        self.ctx: dict[Any, Any] = {}
+
+    @property
+    def has_hooks(self) -> bool:
+        """True when any forward or backward hook is attached (components then skip fused paths)."""
+        return bool(self._fwd or self._bwd)
+
+    def add_hook(
+        self,
+        fn: HookFn,
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> _Handle:
+        """Attach ``fn(activation, hook)``; ``dir`` is ``"fwd"`` or ``"bwd"``. Returns a handle."""
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        if not callable(fn):
+            raise TypeError(f"hook function for {self.name} must be callable, got {type(fn).__name__}")
+        handle = _Handle(self, fn, dir, is_permanent, level)
+        lst = self._fwd if dir == "fwd" else self._bwd
+        lst.insert(0, handle) if prepend else lst.append(handle)
+        return handle
+
+    def remove_hooks(
+        self, dir: str = "both", including_permanent: bool = False, level: int | None = None
+    ) -> None:
+        """Remove hooks in direction ``dir`` ("fwd", "bwd" or "both")."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        lists = {"fwd": [self._fwd], "bwd": [self._bwd], "both": [self._fwd, self._bwd]}[dir]
+        for lst in lists:
+            for h in list(lst):
+                if (including_permanent or not h.permanent) and (level is None or h.level == level):
+                    h.remove()
+
+    def clear_context(self) -> None:
+        self.ctx.clear()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - __call__ is overridden
+        return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fwd:
+            for h in tuple(self._fwd):
+                out = h.fn(x, hook=self)
+                if out is not None:
+                    if not isinstance(out, torch.Tensor):
+                        raise TypeError(
+                            f"hook on {self.name} returned {type(out).__name__}; return a tensor or None"
+                        )
+                    if out.shape != x.shape:
+                        raise ValueError(
+                            f"hook on {self.name} returned a tensor of shape {tuple(out.shape)}, but the "
+                            f"activation has shape {tuple(x.shape)}; a hook must keep the shape"
+                        )
+                    x = out
+        if self._bwd and x.requires_grad:
+            for h in tuple(self._bwd):
+                h.tensor_handles.append(x.register_hook(functools.partial(_call_bwd, h.fn, self)))
+        return x
+
+
+def _call_bwd(fn: HookFn, point: HookPoint, grad: torch.Tensor) -> torch.Tensor | None:
+    out = fn(grad, hook=point)
+    if out is not None and out.shape != grad.shape:
+        raise ValueError(
+            f"backward hook on {point.name} returned shape {tuple(out.shape)}, expected {tuple(grad.shape)}"
+        )
+    return out
+
+
+def closest_names(name: str, valid: Iterable[str], n: int = 5) -> list[str]:
+    """Valid names closest to ``name`` (for error messages)."""
+    valid = list(valid)
+    close = difflib.get_close_matches(name, valid, n=n, cutoff=0.4)
+    if not close:
+        tail = name.split(".")[-1]
+        close = [v for v in valid if v.endswith(tail)][:n]
+    return close
+
+
+def unknown_hook_error(name: str, valid: Iterable[str]) -> ValueError:
+    close = closest_names(name, valid)
+    hint = f" Closest valid names: {close}" if close else ""
+    return ValueError(f"unknown hook name {name!r}.{hint}")
+
+
+class HookedRootModule(nn.Module):
+    """Base class that names hook points and manages hooks on them.
+
+    Subclasses build their modules, then call :meth:`setup` once so each HookPoint learns its name.
+    """
+
+    hook_dict: dict[str, HookPoint]
+
+    def setup(self) -> None:
+        """Name every HookPoint after its module path and index them in ``hook_dict``."""
+        self.hook_dict = {}
+        self.mod_dict = {}
+        for name, module in self.named_modules():
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    # -- resolving names ----------------------------------------------------------------------
+    def _resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
+        if isinstance(name_or_filter, str):
+            if name_or_filter not in self.hook_dict:
+                raise unknown_hook_error(name_or_filter, self.hook_dict)
+            return [self.hook_dict[name_or_filter]]
+        if callable(name_or_filter):
+            return [hp for name, hp in self.hook_dict.items() if name_or_filter(name)]
+        raise TypeError(
+            f"a hook target must be a hook name or a callable filter, got {type(name_or_filter).__name__}"
+        )
+
+    def names_filter_fn(self, names_filter: NameFilter) -> Callable[[str], bool]:
+        """Normalise ``names_filter`` (None, a name, a list of names or a callable) to a predicate."""
+        if names_filter is None:
+            return lambda name: True
+        if isinstance(names_filter, str):
+            self._resolve(names_filter)
+            return lambda name: name == names_filter
+        if callable(names_filter):
+            return names_filter
+        if isinstance(names_filter, (list, tuple, set)):
+            wanted = set()
+            for n in names_filter:
+                if not isinstance(n, str):
+                    raise TypeError(f"names_filter entries must be str, got {type(n).__name__}")
+                self._resolve(n)
+                wanted.add(n)
+            return lambda name: name in wanted
+        raise TypeError(
+            f"names_filter must be None, a str, a list of str or a callable, got {names_filter!r}"
+        )
+
+    # -- adding and removing ------------------------------------------------------------------
+    def add_hook(
+        self,
+        name: str | Callable[[str], bool],
+        hook: HookFn,
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> list[_Handle]:
+        """Attach ``hook`` to the named hook point (or to every point a filter selects)."""
+        return [hp.add_hook(hook, dir, is_permanent, level, prepend) for hp in self._resolve(name)]
+
+    def reset_hooks(self, including_permanent: bool = False, level: int | None = None) -> None:
+        """Remove all (non-permanent, unless asked) hooks from every hook point."""
+        for hp in self.hook_dict.values():
+            hp.remove_hooks("both", including_permanent=including_permanent, level=level)
+
+    def hook_points(self) -> list[HookPoint]:
+        return list(self.hook_dict.values())
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[HookSpec] = (),
+        bwd_hooks: Sequence[HookSpec] = (),
+        reset_hooks_end: bool = True,
+    ) -> Iterator[HookedRootModule]:
+        """Context manager: hooks are attached on entry and removed on exit (also on error).
+
+        >>> with model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: x * 0)]):
+        ...     logits = model(tokens)
+        """
+        handles: list[_Handle] = []
+        try:
+            for dir, specs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+                for spec in specs:
+                    if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
+                        raise TypeError(f"each hook must be a (name_or_filter, fn) pair, got {spec!r}")
+                    handles.extend(self.add_hook(spec[0], spec[1], dir=dir))
+            yield self
+        finally:
+            if reset_hooks_end:
+                for h in handles:
+                    h.remove()
+
+    def run_with_hooks(
+        self,
+        *args: Any,
+        fwd_hooks: Sequence[HookSpec] = (),
+        bwd_hooks: Sequence[HookSpec] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the forward with temporary hooks; they are removed afterwards even if it raises.
+
+        With ``bwd_hooks`` and ``reset_hooks_end=True`` the backward hooks are only live for a
+        backward pass run inside a ``with model.hooks(...)`` block, as in TransformerLens; a warning
+        would be silent, so pass ``reset_hooks_end=False`` and call ``reset_hooks()`` yourself.
+        """
+        if clear_contexts:
+            for hp in self.hook_dict.values():
+                hp.clear_context()
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end):
+            return self(*args, **kwargs)
+
+    def get_caching_hooks(
+        self,
+        names_filter: NameFilter = None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], list[HookSpec], list[HookSpec]]:
+        """Hooks that store activations (and gradients as ``name + "_grad"``) into a dict."""
+        cache = {} if cache is None else cache
+        keep = self.names_filter_fn(names_filter)
+
+        def save(tensor: torch.Tensor, hook: HookPoint, suffix: str = "") -> None:
+            t = tensor.detach()
+            if remove_batch_dim:
+                t = t[0]
+            cache[hook.name + suffix] = t.to(device) if device is not None else t
+
+        names = [n for n in self.hook_dict if keep(n)]
+        fwd = [(n, save) for n in names]
+        bwd = [(n, functools.partial(save, suffix="_grad")) for n in names] if incl_bwd else []
+        return cache, fwd, bwd
+
+    def run_with_cache(
+        self,
+        *args: Any,
+        names_filter: NameFilter = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """Run the forward and return ``(output, ActivationCache)`` of the selected activations.
+
+        ``names_filter``: None (all), a hook name, a list of names, or ``fn(name) -> bool``.
+        ``incl_bwd=True`` also backpropagates ``output`` (which must then be a scalar, e.g.
+        ``return_type="loss"``) and stores gradients under ``name + "_grad"``.
+
+        >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "pattern" in n)
+        >>> cache["pattern", 0].shape  # [batch, head, query_pos, key_pos]
+        """
+        from lens.cache import ActivationCache
+
+        if remove_batch_dim:
+            batch = _batch_size(args, kwargs)
+            if batch is not None and batch != 1:
+                raise ValueError(f"remove_batch_dim=True needs batch size 1, got {batch}")
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        with self.hooks(fwd, bwd, reset_hooks_end):
+            out = self(*args, **kwargs)
+            if incl_bwd:
+                target = out[0] if isinstance(out, tuple) else out
+                if not isinstance(target, torch.Tensor) or target.numel() != 1:
+                    raise ValueError(
+                        "incl_bwd=True needs a scalar output to backpropagate (use return_type='loss')"
+                    )
+                target.backward()
+        return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    first = args[0] if args else kwargs.get("input", kwargs.get("tokens"))
+    if isinstance(first, torch.Tensor) and first.ndim >= 2:
+        return first.shape[0]
+    if isinstance(first, (list, tuple)):
+        return len(first)
+    if isinstance(first, str):
+        return 1
+    return None

@@ -1,0 +1,306 @@
+"""`HookedTransformer`: a decoder-only transformer with a named hook at every activation.
+
+Names and shapes follow TransformerLens (``hook_embed``, ``blocks.3.attn.hook_pattern``,
+``blocks.3.mlp.hook_post``, ``ln_final.hook_normalized``, ...); logits equal Hugging Face's for the
+same weights (``lens.adapters`` converts them). Masks are built per forward for the positions in use
+and attention takes the fused SDPA path whenever no hook watches its scores or pattern.
+
+>>> cfg = TransformerConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=259, n_ctx=128)
+>>> model = HookedTransformer(cfg)
+>>> logits, cache = model.run_with_cache(torch.tensor([[256, 72, 105]]))
+>>> cache["pattern", 0].shape
+torch.Size([1, 4, 3, 3])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
+from lens.config import TransformerConfig
+from lens.hooks import HookedRootModule, HookPoint
+from lens.tokenizer import Tokenizer, TokenizerMixin
+from lens.utils import lm_cross_entropy_loss
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class HookedTransformer(HookedRootModule, TokenizerMixin):
+    """A hooked decoder-only transformer described by a :class:`TransformerConfig`.
+
+    Args:
+        cfg: the architecture (a ``TransformerConfig`` or a dict of its fields).
+        tokenizer: a :class:`lens.tokenizer.Tokenizer` (optional; needed for string inputs).
+        init: initialise weights randomly (GPT-2 style, seeded by ``seed``); loaders pass False.
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig | dict,
+        tokenizer: Tokenizer | None = None,
+        init: bool = True,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = TransformerConfig(**cfg)
+        if not isinstance(cfg, TransformerConfig):
+            raise TypeError(f"cfg must be a TransformerConfig or dict, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.tokenizer = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.pos_embed = PosEmbed(cfg)
+            self.hook_pos_embed = HookPoint()
+        if cfg.positional == "rotary":
+            self.rotary = Rotary(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg)
+        self.unembed = Unembed(cfg)
+        if cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.weight
+        if init:
+            self.init_weights(seed)
+        self.setup()
+
+    # -- weights ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None, std: float = 0.02) -> None:
+        """GPT-2-style random init: N(0, std), output projections scaled by 1/sqrt(2 n_layers)."""
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(0 if seed is None else seed)
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith((".w",)):
+                p.fill_(1.0)
+            elif name.endswith((".b", "bias")):
+                p.zero_()
+            else:
+                s = out_std if name.endswith(("o_weight", "out_weight")) else std
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * s)
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        return self.unembed.b_U
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+        if self.cfg.positional != "learned":
+            raise AttributeError(f"this model has {self.cfg.positional!r} positions, no W_pos")
+        return self.pos_embed.W_pos
+
+    # -- input handling -----------------------------------------------------------------------------
+    def _check_length(self, total: int) -> None:
+        n_ctx = self.cfg.n_ctx
+        if total > n_ctx:
+            trained = self.cfg.n_ctx_trained
+            if trained is not None and trained > n_ctx:
+                hint = (
+                    f"load with context_size_override=N (N <= {trained}, the trained maximum) "
+                    "to use a longer context"
+                )
+            elif trained is not None:
+                hint = f"the model was trained on at most {trained} positions (context_size_override cannot raise it)"
+            else:
+                hint = "raise n_ctx in the config or load with context_size_override"
+            raise ValueError(
+                f"the input has {total} positions, but the model's context n_ctx is {n_ctx}; {hint}"
+            )
+
+    def _check_tokens(self, tokens: Tensor) -> Tensor:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(
+                f"tokens must be a tensor, string or list of strings, got {type(tokens).__name__}"
+            )
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
+            raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens has no positions (empty sequence)")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, d_vocab={self.cfg.d_vocab})")
+        return tokens
+
+    def _prepare_input(
+        self, input: Any, attention_mask: Tensor | None, prepend_bos: bool | None, padding_side: str | None
+    ) -> tuple[Tensor, Tensor | None]:
+        if isinstance(input, (str, list)):
+            tokens, mask = self.to_tokens(
+                input, prepend_bos=prepend_bos, padding_side=padding_side, return_attention_mask=True
+            )
+            if attention_mask is None and not bool(mask.all()):
+                attention_mask = mask
+        else:
+            tokens = input
+        tokens = self._check_tokens(tokens)
+        return tokens.to(self.embed.weight.device), attention_mask
+
+    def _check_mask(self, attention_mask: Tensor | None, batch: int, length: int) -> Tensor | None:
+        if attention_mask is None:
+            return None
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+        if attention_mask.ndim == 1:
+            attention_mask = attention_mask.unsqueeze(0)
+        if tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, but the input is "
+                f"[batch={batch}, pos={length}]; they must match"
+            )
+        return attention_mask
+
+    def make_context(
+        self,
+        batch: int,
+        q_len: int,
+        attention_mask: Tensor | None = None,
+        past_kv_cache: Any = None,
+        device: torch.device | None = None,
+    ) -> AttentionContext:
+        """The per-forward attention context (positions, masks, rotary tables).
+
+        With ``past_kv_cache``, the cache supplies the offset, the key-validity mask of everything
+        cached plus ``attention_mask`` of the new tokens, and the new tokens' positions through
+        ``past_kv_cache.prepare(attention_mask, q_len) -> (q_offset, full_mask | None, positions)``.
+        """
+        device = device or self.embed.weight.device
+        if past_kv_cache is not None:
+            q_offset, full_mask, positions = past_kv_cache.prepare(attention_mask, q_len)
+            self._check_length(q_offset + q_len)
+            ctx = AttentionContext.build(
+                batch, q_len, full_mask, q_offset, positions, device=device, kv_cache=past_kv_cache
+            )
+        else:
+            self._check_length(q_len)
+            ctx = AttentionContext.build(batch, q_len, attention_mask, device=device)
+        if self.cfg.positional == "rotary":
+            ctx.cos, ctx.sin = self.rotary.cos_sin(ctx.positions, self.cfg.dtype)
+        return ctx
+
+    # -- forward ------------------------------------------------------------------------------------
+    def embed_tokens(
+        self, tokens: Int[Tensor, "batch pos"], ctx: AttentionContext
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """hook_embed (+ hook_pos_embed for learned positions): the residual stream entering block 0."""
+        resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional == "learned":
+            resid = resid + self.hook_pos_embed(self.pos_embed(ctx.positions))
+        return resid
+
+    def forward(
+        self,
+        input: Int[Tensor, "batch pos"] | str | list[str] | Float[Tensor, "batch pos d_model"],
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        tokens: Int[Tensor, "batch pos"] | None = None,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        past_kv_cache: Any = None,
+    ) -> Any:
+        """Run the model.
+
+        Args:
+            input: token ids ``[batch, pos]`` (or ``[pos]``), a string or list of strings, or — with
+                ``start_at_layer`` — the residual stream ``[batch, pos, d_model]`` entering that layer.
+            return_type: ``"logits"``, ``"loss"`` (mean next-token cross-entropy), ``"both"``
+                (``(logits, loss)``) or None.
+            loss_per_token: return the loss per position ``[batch, pos - 1]`` instead of the mean.
+            attention_mask: ``[batch, pos]``, 1 on real tokens, 0 on padding (left padding keeps
+                each row's logits equal to the row run alone).
+            start_at_layer / stop_at_layer: run only blocks ``[start, stop)``; with ``stop_at_layer``
+                the residual stream before that block is returned.
+            tokens: the token ids, needed for the loss when ``start_at_layer`` is set.
+
+        >>> loss = model(tokens, return_type="loss")
+        >>> resid = model(tokens, stop_at_layer=1)          # [batch, pos, d_model]
+        >>> logits = model(resid, start_at_layer=1)
+        """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type={return_type!r} must be one of {RETURN_TYPES}")
+        n = self.cfg.n_layers
+        start = _layer_index(start_at_layer, n, "start_at_layer", 0)
+        stop = _layer_index(stop_at_layer, n, "stop_at_layer", n)
+        if start_at_layer is None:
+            tokens, attention_mask = self._prepare_input(input, attention_mask, prepend_bos, padding_side)
+            batch, length = tokens.shape
+        else:
+            if not isinstance(input, Tensor) or input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
+                raise ValueError(
+                    f"with start_at_layer, input must be a residual stream [batch, pos, d_model={self.cfg.d_model}]"
+                )
+            batch, length = input.shape[:2]
+            if tokens is not None:
+                tokens = self._check_tokens(tokens)
+        attention_mask = self._check_mask(attention_mask, batch, length)
+        if return_type in ("loss", "both") and stop_at_layer is None and tokens is None:
+            raise ValueError("return_type='loss' with start_at_layer needs tokens=... for the targets")
+
+        ctx = self.make_context(batch, length, attention_mask, past_kv_cache)
+        resid = self.embed_tokens(tokens, ctx) if start_at_layer is None else input
+        for block in self.blocks[start:stop]:
+            resid = block(resid, ctx)
+        if past_kv_cache is not None and hasattr(past_kv_cache, "advance"):
+            past_kv_cache.advance(length)
+        if stop_at_layer is not None:
+            return resid
+        if return_type is None:
+            return None
+        if self.ln_final is not None:
+            resid = self.ln_final(resid)
+        logits = self.unembed(resid)
+        if return_type == "logits":
+            return logits
+        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def loss_fn(
+        self,
+        logits: Float[Tensor, "batch pos vocab"],
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        per_token: bool = False,
+    ) -> Tensor:
+        """Next-token cross-entropy of ``logits`` against ``tokens`` (TransformerLens's loss_fn)."""
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedTransformer({c.model_name}: {c.n_layers} layers, d_model={c.d_model}, "
+            f"heads={c.n_heads}/{c.n_key_value_heads}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})"
+        )
+
+
+def _layer_index(value: int | None, n_layers: int, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not -n_layers <= value <= n_layers:
+        raise ValueError(f"{name}={value} is out of range for a model with {n_layers} layers")
+    return value % n_layers if value < 0 else value
