@@ -51,9 +51,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         key = dtype.removeprefix("torch.").lower()
         if key in _DTYPES:
             return _DTYPES[key]
-        raise ValueError(
-            f"dtype {dtype!r} is not a dtype; use one of {sorted(set(_DTYPES))} or a torch.dtype"
-        )
+        raise ValueError(f"dtype {dtype!r} is not a dtype; use one of {sorted(set(_DTYPES))} or a torch.dtype")
     raise TypeError(f"dtype must be a str or torch.dtype, got {type(dtype).__name__}")
 
 
@@ -132,9 +130,7 @@ class TransformerConfig:
             self.n_key_value_heads = self.n_heads
         _check_positive_int("n_key_value_heads", self.n_key_value_heads)
         if self.n_heads % self.n_key_value_heads:
-            raise ValueError(
-                f"n_heads={self.n_heads} is not divisible by n_key_value_heads={self.n_key_value_heads}"
-            )
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_key_value_heads={self.n_key_value_heads}")
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
         if not self.attn_only:

@@ -68,8 +68,7 @@ class FactoredMatrix:
     ) -> None:
         if A.ndim < 2 or B.ndim < 2:
             raise ValueError(
-                f"FactoredMatrix factors must have at least 2 dims, got A {tuple(A.shape)} "
-                f"and B {tuple(B.shape)}"
+                f"FactoredMatrix factors must have at least 2 dims, got A {tuple(A.shape)} and B {tuple(B.shape)}"
             )
         if A.shape[-1] != B.shape[-2]:
             raise ValueError(
@@ -92,9 +91,7 @@ class FactoredMatrix:
         self._svd_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ algebra
-    def __matmul__(
-        self, other: torch.Tensor | FactoredMatrix
-    ) -> FactoredMatrix | Float[torch.Tensor, "... ldim"]:
+    def __matmul__(self, other: torch.Tensor | FactoredMatrix) -> FactoredMatrix | Float[torch.Tensor, "... ldim"]:
         """``self @ other``. A vector gives a vector; a matrix or FactoredMatrix
         gives a FactoredMatrix whose inner dim is the smaller of the candidates.
 
@@ -111,18 +108,14 @@ class FactoredMatrix:
             raise ValueError("Cannot matmul a FactoredMatrix with a 0-dim tensor; use * for scalars")
         dim = -1 if other.ndim == 1 else -2
         if other.shape[dim] != self.rdim:
-            raise ValueError(
-                f"Shape mismatch in FactoredMatrix @ tensor: {tuple(self.shape)} @ {tuple(other.shape)}"
-            )
+            raise ValueError(f"Shape mismatch in FactoredMatrix @ tensor: {tuple(self.shape)} @ {tuple(other.shape)}")
         if other.ndim == 1:
             return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if self.rdim > self.mdim:
             return FactoredMatrix(self.A, self.B @ other)
         return FactoredMatrix(self.AB, other)
 
-    def __rmatmul__(
-        self, other: torch.Tensor | FactoredMatrix
-    ) -> FactoredMatrix | Float[torch.Tensor, "... rdim"]:
+    def __rmatmul__(self, other: torch.Tensor | FactoredMatrix) -> FactoredMatrix | Float[torch.Tensor, "... rdim"]:
         """``other @ self``, mirroring :meth:`__matmul__`.
 
         Example::
@@ -137,9 +130,7 @@ class FactoredMatrix:
         if other.ndim == 0:
             raise ValueError("Cannot matmul a 0-dim tensor with a FactoredMatrix; use * for scalars")
         if other.shape[-1] != self.ldim:
-            raise ValueError(
-                f"Shape mismatch in tensor @ FactoredMatrix: {tuple(other.shape)} @ {tuple(self.shape)}"
-            )
+            raise ValueError(f"Shape mismatch in tensor @ FactoredMatrix: {tuple(other.shape)} @ {tuple(self.shape)}")
         if other.ndim == 1:
             return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
         if self.ldim > self.mdim:
@@ -150,9 +141,7 @@ class FactoredMatrix:
         """Scalar multiplication (scales ``A``). Example: ``(2 * fm).AB == 2 * fm.AB``."""
         if isinstance(scalar, torch.Tensor):
             if scalar.numel() != 1:
-                raise ValueError(
-                    f"FactoredMatrix can only be multiplied by a scalar, got shape {tuple(scalar.shape)}"
-                )
+                raise ValueError(f"FactoredMatrix can only be multiplied by a scalar, got shape {tuple(scalar.shape)}")
         elif not isinstance(scalar, (int, float)):
             return NotImplemented
         return FactoredMatrix(self.A * scalar, self.B)

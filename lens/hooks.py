@@ -23,13 +23,13 @@ import difflib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 HookFn = Callable[..., Any]
-NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
+NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookSpec = tuple[str | Callable[[str], bool], HookFn]
 
 
@@ -94,9 +94,7 @@ class HookPoint(nn.Module):
         lst.insert(0, handle) if prepend else lst.append(handle)
         return handle
 
-    def remove_hooks(
-        self, dir: str = "both", including_permanent: bool = False, level: int | None = None
-    ) -> None:
+    def remove_hooks(self, dir: str = "both", including_permanent: bool = False, level: int | None = None) -> None:
         """Remove hooks in direction ``dir`` ("fwd", "bwd" or "both")."""
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
@@ -118,9 +116,7 @@ class HookPoint(nn.Module):
                 out = h.fn(x, hook=self)
                 if out is not None:
                     if not isinstance(out, torch.Tensor):
-                        raise TypeError(
-                            f"hook on {self.name} returned {type(out).__name__}; return a tensor or None"
-                        )
+                        raise TypeError(f"hook on {self.name} returned {type(out).__name__}; return a tensor or None")
                     if out.shape != x.shape:
                         raise ValueError(
                             f"hook on {self.name} returned a tensor of shape {tuple(out.shape)}, but the "
@@ -184,9 +180,7 @@ class HookedRootModule(nn.Module):
             return [self.hook_dict[name_or_filter]]
         if callable(name_or_filter):
             return [hp for name, hp in self.hook_dict.items() if name_or_filter(name)]
-        raise TypeError(
-            f"a hook target must be a hook name or a callable filter, got {type(name_or_filter).__name__}"
-        )
+        raise TypeError(f"a hook target must be a hook name or a callable filter, got {type(name_or_filter).__name__}")
 
     def names_filter_fn(self, names_filter: NameFilter) -> Callable[[str], bool]:
         """Normalise ``names_filter`` (None, a name, a list of names or a callable) to a predicate."""
@@ -205,9 +199,7 @@ class HookedRootModule(nn.Module):
                 self._resolve(n)
                 wanted.add(n)
             return lambda name: name in wanted
-        raise TypeError(
-            f"names_filter must be None, a str, a list of str or a callable, got {names_filter!r}"
-        )
+        raise TypeError(f"names_filter must be None, a str, a list of str or a callable, got {names_filter!r}")
 
     # -- adding and removing ------------------------------------------------------------------
     def add_hook(
@@ -330,9 +322,7 @@ class HookedRootModule(nn.Module):
             if incl_bwd:
                 target = out[0] if isinstance(out, tuple) else out
                 if not isinstance(target, torch.Tensor) or target.numel() != 1:
-                    raise ValueError(
-                        "incl_bwd=True needs a scalar output to backpropagate (use return_type='loss')"
-                    )
+                    raise ValueError("incl_bwd=True needs a scalar output to backpropagate (use return_type='loss')")
                 target.backward()
         return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 

@@ -113,22 +113,17 @@ class HookedTransformer(HookedRootModule, TokenizerMixin):
             trained = self.cfg.n_ctx_trained
             if trained is not None and trained > n_ctx:
                 hint = (
-                    f"load with context_size_override=N (N <= {trained}, the trained maximum) "
-                    "to use a longer context"
+                    f"load with context_size_override=N (N <= {trained}, the trained maximum) to use a longer context"
                 )
             elif trained is not None:
                 hint = f"the model was trained on at most {trained} positions (context_size_override cannot raise it)"
             else:
                 hint = "raise n_ctx in the config or load with context_size_override"
-            raise ValueError(
-                f"the input has {total} positions, but the model's context n_ctx is {n_ctx}; {hint}"
-            )
+            raise ValueError(f"the input has {total} positions, but the model's context n_ctx is {n_ctx}; {hint}")
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor):
-            raise TypeError(
-                f"tokens must be a tensor, string or list of strings, got {type(tokens).__name__}"
-            )
+            raise TypeError(f"tokens must be a tensor, string or list of strings, got {type(tokens).__name__}")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
             raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
         if tokens.ndim == 1:

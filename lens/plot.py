@@ -76,9 +76,7 @@ def unique_labels(labels: Sequence[object]) -> list[str]:
 
 def _check_ndim(name: str, arr: np.ndarray, allowed: tuple[int, ...], dims: str) -> None:
     if arr.ndim not in allowed:
-        raise ValueError(
-            f"{name} must have {dims} but has {arr.ndim} dimension(s) (shape {tuple(arr.shape)})"
-        )
+        raise ValueError(f"{name} must have {dims} but has {arr.ndim} dimension(s) (shape {tuple(arr.shape)})")
 
 
 def _check_len(name: str, labels: Sequence | None, expected: int, what: str) -> None:
@@ -371,9 +369,7 @@ def save_html(fig: go.Figure, path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def figures_to_html(
-    figs: Sequence[go.Figure], path: str | pathlib.Path, title: str | None = None
-) -> pathlib.Path:
+def figures_to_html(figs: Sequence[go.Figure], path: str | pathlib.Path, title: str | None = None) -> pathlib.Path:
     """Write several figures into one standalone report page, embedding plotly.js exactly once.
 
     Each figure becomes a ``<div>`` in order; ``title`` becomes the page title and heading.

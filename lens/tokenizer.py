@@ -78,9 +78,7 @@ class Tokenizer:
         eos = list(dict.fromkeys(int(i) for i in eos_token_ids))
         for name, value in (("bos", bos_token_id), ("pad", pad_token_id), *(("eos", i) for i in eos)):
             if value is not None and not 0 <= value < self._vocab_size:
-                raise ValueError(
-                    f"{name}_token_id={value} is outside the vocabulary (size {self._vocab_size})"
-                )
+                raise ValueError(f"{name}_token_id={value} is outside the vocabulary (size {self._vocab_size})")
         self._bos = bos_token_id
         self._eos = eos
         self._pad = pad_token_id
@@ -171,9 +169,7 @@ class Tokenizer:
                 warnings.warn(f"{kind}_token {token!r} in {directory} is not in the vocabulary", stacklevel=2)
             found[kind] = values if token_id is None else [token_id, *values]
         bos, eos, pad = found["bos"], found["eos"], found["pad"]
-        return cls(
-            backend, bos_token_id=(bos or [None])[0], eos_token_ids=eos, pad_token_id=(pad or [None])[0]
-        )
+        return cls(backend, bos_token_id=(bos or [None])[0], eos_token_ids=eos, pad_token_id=(pad or [None])[0])
 
     @property
     def vocab_size(self) -> int:
@@ -327,9 +323,7 @@ class TokenizerMixin:
             raise TypeError(f"expected a lens.tokenizer.Tokenizer, got {type(tokenizer).__name__}")
         d_vocab = getattr(getattr(self, "cfg", None), "d_vocab", None)
         if d_vocab is not None and tokenizer.vocab_size > d_vocab:
-            raise ValueError(
-                f"tokenizer vocab_size ({tokenizer.vocab_size}) exceeds the model's d_vocab ({d_vocab})"
-            )
+            raise ValueError(f"tokenizer vocab_size ({tokenizer.vocab_size}) exceeds the model's d_vocab ({d_vocab})")
         self.tokenizer = tokenizer
 
     def _require_tokenizer(self) -> Tokenizer:
@@ -345,9 +339,7 @@ class TokenizerMixin:
         padding_side: str | None = None,
         move_to_device: bool = True,
         return_attention_mask: bool = False,
-    ) -> (
-        Int[torch.Tensor, "batch pos"] | tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]
-    ):
+    ) -> Int[torch.Tensor, "batch pos"] | tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
         """Text -> ``[batch, pos]`` token ids (a single string gives batch 1), padded if needed.
 
         ``prepend_bos``/``padding_side`` default to ``cfg.default_prepend_bos``/``cfg.default_padding_side``.
@@ -374,9 +366,7 @@ class TokenizerMixin:
         ['hi']
         """
         tokenizer = self._require_tokenizer()
-        tokens = torch.as_tensor(
-            tokens if isinstance(tokens, torch.Tensor) else list(tokens), dtype=torch.long
-        )
+        tokens = torch.as_tensor(tokens if isinstance(tokens, torch.Tensor) else list(tokens), dtype=torch.long)
         if tokens.ndim == 2:
             return [tokenizer.decode(row) for row in tokens.cpu()]
         if tokens.ndim <= 1:
@@ -456,8 +446,6 @@ class TokenizerMixin:
     def _squeeze_batch(tokens: Any, caller: str) -> Any:
         if isinstance(tokens, torch.Tensor) and tokens.ndim == 2:
             if tokens.shape[0] != 1:
-                raise ValueError(
-                    f"{caller} takes a single sequence; got a batch of shape {tuple(tokens.shape)}"
-                )
+                raise ValueError(f"{caller} takes a single sequence; got a batch of shape {tuple(tokens.shape)}")
             return tokens[0]
         return tokens

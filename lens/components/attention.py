@@ -162,20 +162,14 @@ class Attention(nn.Module):
             return out if self.o_bias is None else out + self.o_bias
         return F.linear(z.reshape(*z.shape[:2], h * dh), self.o_weight, self.o_bias)
 
-    def _fused_attention(
-        self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int
-    ) -> Tensor:
+    def _fused_attention(self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int) -> Tensor:
         gqa = self.n_rep > 1
         if ctx.is_plain_causal(k_len, self.window):
-            return F.scaled_dot_product_attention(
-                qh, kh, vh, is_causal=True, scale=self.scale, enable_gqa=gqa
-            )
+            return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=self.scale, enable_gqa=gqa)
         mask = ctx.mask(k_len, self.window)
         return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
 
-    def _explicit_attention(
-        self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int
-    ) -> Tensor:
+    def _explicit_attention(self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int) -> Tensor:
         if self.n_rep > 1:
             kh = kh.repeat_interleave(self.n_rep, dim=1)
             vh = vh.repeat_interleave(self.n_rep, dim=1)

@@ -61,9 +61,7 @@ class Unembed(nn.Module):
         self.cfg = cfg
         self.weight = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype, device=cfg.device))
         self.bias = (
-            nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype, device=cfg.device))
-            if cfg.unembed_bias
-            else None
+            nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype, device=cfg.device)) if cfg.unembed_bias else None
         )
 
     @property

@@ -72,8 +72,7 @@ def validate_sampling_args(
     _require_real("repetition_penalty", repetition_penalty)
     if do_sample and not temperature > 0:
         raise ValueError(
-            f"temperature must be > 0 when do_sample=True, got {temperature!r}; "
-            "use do_sample=False for greedy"
+            f"temperature must be > 0 when do_sample=True, got {temperature!r}; use do_sample=False for greedy"
         )
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
@@ -125,9 +124,7 @@ def apply_repetition_penalty(
     counted = (ids >= 0) & (ids < vocab)
     if history_mask is not None:
         if history_mask.shape != history.shape:
-            raise ValueError(
-                f"history_mask shape {tuple(history_mask.shape)} != history shape {tuple(history.shape)}"
-            )
+            raise ValueError(f"history_mask shape {tuple(history_mask.shape)} != history shape {tuple(history.shape)}")
         counted &= history_mask.to(logits.device) != 0
     # Uncounted positions point at an extra dummy column that is dropped afterwards.
     ids = torch.where(counted, ids, vocab)
@@ -137,9 +134,7 @@ def apply_repetition_penalty(
     return torch.where(seen[:, :vocab], penalised, logits)
 
 
-def apply_temperature(
-    logits: Float[Tensor, "batch vocab"], temperature: float
-) -> Float[Tensor, "batch vocab"]:
+def apply_temperature(logits: Float[Tensor, "batch vocab"], temperature: float) -> Float[Tensor, "batch vocab"]:
     """Divide logits by ``temperature`` (``TemperatureLogitsWarper``); < 1 sharpens, > 1 flattens.
 
     Example:
@@ -211,7 +206,7 @@ def min_p_filter(logits: Float[Tensor, "batch vocab"], min_p: float) -> Float[Te
     if not 0 <= min_p <= 1:
         raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
     probs = logits.softmax(dim=-1)
-    drop = probs <= min_p * probs.amax(dim=-1, keepdim=True)
+    drop = probs < min_p * probs.amax(dim=-1, keepdim=True)
     drop.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)
     return logits.masked_fill(drop, _NEG_INF)
 

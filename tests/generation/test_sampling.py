@@ -151,6 +151,15 @@ def test_top_p_matches_hf(seed, p):
         assert (torch.isfinite(ours).sum(-1) >= 1).all()
 
 
+@pytest.mark.parametrize("p, kept", [(0.25, 1), (0.5, 2), (0.75, 3), (0.8, 4)])
+def test_top_p_boundary_is_inclusive_like_hf(p, kept):
+    """Uniform rows give exact cumulative masses: a token whose mass from below is == 1 - p is removed."""
+    logits = torch.zeros(2, 4)
+    ours = top_p_filter(logits, p)
+    assert_same(ours, TopPLogitsWarper(p)(None, logits.clone()))
+    assert (torch.isfinite(ours).sum(-1) == kept).all()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("min_p", [0.0, 0.01, 0.05, 0.2, 0.5, 0.9, 1.0])
 def test_min_p_matches_hf(seed, min_p):
@@ -204,9 +213,7 @@ def test_chain_matches_hf_generate_processor_list(do_sample):
     mask[1, :4] = 0
     mask[3, :9] = 0
     stub = types.SimpleNamespace(config=types.SimpleNamespace(is_encoder_decoder=False))
-    stub._merge_criteria_processor_list = types.MethodType(
-        GenerationMixin._merge_criteria_processor_list, stub
-    )
+    stub._merge_criteria_processor_list = types.MethodType(GenerationMixin._merge_criteria_processor_list, stub)
     try:
         procs = GenerationMixin._get_logits_processor(
             stub,
