@@ -76,6 +76,15 @@ class HookPoint(nn.Module):
         """True when any forward or backward hook is attached (components then skip fused paths)."""
         return bool(self._fwd or self._bwd)
 
+    @property
+    def may_edit(self) -> bool:
+        """True unless every attached hook is a forward hook marked ``read_only`` (e.g. caching hooks).
+
+        Components use this to keep a fused kernel while still reporting an intermediate value:
+        a read-only hook sees the value but cannot change what the fused kernel computes.
+        """
+        return bool(self._bwd) or any(not getattr(h.fn, "read_only", False) for h in self._fwd)
+
     def add_hook(
         self,
         fn: HookFn,
@@ -286,6 +295,7 @@ class HookedRootModule(nn.Module):
                 t = t[0]
             cache[hook.name + suffix] = t.to(device) if device is not None else t
 
+        save.read_only = True  # lets components keep fused kernels (see HookPoint.may_edit)
         names = [n for n in self.hook_dict if keep(n)]
         fwd = [(n, save) for n in names]
         bwd = [(n, functools.partial(save, suffix="_grad")) for n in names] if incl_bwd else []

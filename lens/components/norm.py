@@ -33,6 +33,11 @@ class LayerNorm(nn.Module):
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         if not self.hook_scale.has_hooks:
             return self.hook_normalized(F.layer_norm(x, (self.d,), self.w, self.b, self.eps))
+        if not self.hook_scale.may_edit:  # read-only observers (caching): fused kernel + reported scale
+            out = F.layer_norm(x, (self.d,), self.w, self.b, self.eps)
+            var = torch.var_mean(x.float(), dim=-1, keepdim=True, correction=0)[0]
+            self.hook_scale((var + self.eps).sqrt().to(x.dtype if x.dtype == torch.float64 else torch.float32))
+            return self.hook_normalized(out)
         dtype = x.dtype
         if dtype not in (torch.float32, torch.float64):
             x = x.float()

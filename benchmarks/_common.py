@@ -1,0 +1,62 @@
+"""Shared benchmark helpers: interleaved timing and peak-memory measurement in a fresh process.
+
+Timings alternate between the contenders (lens, HF, ...) so background load hits all of them alike,
+and report the median of each. Peak memory is the rise of the process's resident high-water mark
+(``VmHWM``, reset through ``/proc/self/clear_refs``) during one call, measured in a subprocess so
+one contender's allocations never hide another's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round-robin."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _status_kib(field: str) -> int:
+    text = open("/proc/self/status").read()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
+
+
+def reset_peak() -> int:
+    """Reset the resident high-water mark; returns the current resident size in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_bytes_since(baseline: int) -> int:
+    return _status_kib("VmHWM") * 1024 - baseline
+
+
+def run_subprocess(module: str, *args: str) -> dict:
+    """Run ``python -m module args`` and parse the JSON it prints on its last line."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True
+    ).stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"

@@ -1,0 +1,166 @@
+"""Forward-pass speed and memory of lens against Hugging Face (and TransformerLens when installed).
+
+1. GPT-2-small shape (12 layers, d_model 768, vocab 50257), random weights, fp32 CPU, batch 8 x 128:
+   lens forward time / HF forward time (target <= 1.05), and ``run_with_cache`` with every hook /
+   lens's plain forward (target <= 1.15).
+2. Mistral-shaped narrow model (8 layers, d_model 256, 8 heads, 2 kv heads, window 4096, vocab
+   1000), one sequence of 8192 tokens, no pattern hooks: time and peak memory / HF's (sdpa),
+   target <= 1.2 for both. Each contender's peak is measured in its own fresh process.
+
+Run: ``.venv/bin/python -m benchmarks.bench_forward [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from benchmarks._common import fmt_bytes, interleaved_times, peak_bytes_since, reset_peak, run_subprocess
+
+
+def gpt2_small(n_layer: int = 12):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def mistral_narrow(seq: int):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(
+        num_hidden_layers=8,
+        hidden_size=256,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=1024,
+        vocab_size=1000,
+        sliding_window=4096,
+        max_position_embeddings=max(seq, 32768),
+        attn_implementation="sdpa",
+    )
+    return transformers.MistralForCausalLM(cfg).eval()
+
+
+def transformer_lens_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_lens") is not None
+
+
+def bench_gpt2(repeats: int) -> dict:
+    from lens.adapters import from_hf_model
+
+    hf = gpt2_small()
+    model = from_hf_model(hf)
+    tokens = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = (model(tokens) - hf(tokens).logits).abs().max().item()
+        times = interleaved_times(
+            {
+                "hf": lambda: hf(tokens),
+                "lens": lambda: model(tokens),
+                "lens_cache_all": lambda: model.run_with_cache(tokens),
+            },
+            repeats=repeats,
+        )
+    return {
+        "max_abs_logit_diff": diff,
+        "hf_s": times["hf"],
+        "lens_s": times["lens"],
+        "lens_cache_all_s": times["lens_cache_all"],
+        "lens_over_hf": times["lens"] / times["hf"],
+        "cache_over_plain": times["lens_cache_all"] / times["lens"],
+    }
+
+
+def long_context_worker(impl: str, seq: int, repeats: int) -> dict:
+    """One contender in a fresh process: time and peak memory of a forward over ``seq`` tokens."""
+    torch.manual_seed(0)
+    hf = mistral_narrow(seq)
+    if impl == "lens":
+        from lens.adapters import from_hf_model
+
+        model = from_hf_model(hf, n_ctx=seq)
+        del hf
+        fn = lambda t: model(t)  # noqa: E731
+    else:
+        model = hf
+        fn = lambda t: model(t, use_cache=False).logits  # noqa: E731
+    tokens = torch.randint(0, 1000, (1, seq), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out = fn(tokens)
+        checksum = out[0, -1, :8].tolist()
+        del out
+        import gc
+
+        gc.collect()
+        base = reset_peak()
+        out = fn(tokens)
+        peak = peak_bytes_since(base)
+        del out
+        times = interleaved_times({impl: lambda: fn(tokens)}, repeats=repeats, warmup=0)
+    return {"impl": impl, "time_s": times[impl], "peak_bytes": peak, "checksum": checksum}
+
+
+def bench_long_context(seq: int, repeats: int) -> dict:
+    res = {
+        impl: run_subprocess("benchmarks.bench_forward", "--worker", impl, "--seq", str(seq), "--repeats", str(repeats))
+        for impl in ("hf", "lens", "hf", "lens")
+    }
+    # two rounds each (the dict keeps the last); a second run smooths out start-up effects
+    lens, hf = res["lens"], res["hf"]
+    diff = max(abs(a - b) for a, b in zip(lens["checksum"], hf["checksum"]))
+    return {
+        "seq": seq,
+        "hf_s": hf["time_s"],
+        "lens_s": lens["time_s"],
+        "time_ratio": lens["time_s"] / hf["time_s"],
+        "hf_peak": hf["peak_bytes"],
+        "lens_peak": lens["peak_bytes"],
+        "memory_ratio": lens["peak_bytes"] / hf["peak_bytes"],
+        "last_logits_max_diff": diff,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter sequence (smoke test)")
+    parser.add_argument("--worker", choices=["hf", "lens"], help=argparse.SUPPRESS)
+    parser.add_argument("--seq", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    if args.worker:
+        print(json.dumps(long_context_worker(args.worker, args.seq, args.repeats)))
+        return
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", file=sys.stderr)
+    g = bench_gpt2(repeats=3 if args.quick else 10)
+    print("GPT-2-small shape, fp32 CPU, batch 8 x 128")
+    print(f"  HF forward           {g['hf_s'] * 1e3:8.1f} ms")
+    print(f"  lens forward         {g['lens_s'] * 1e3:8.1f} ms   lens/HF = {g['lens_over_hf']:.3f}  (target <= 1.05)")
+    print(
+        f"  lens run_with_cache  {g['lens_cache_all_s'] * 1e3:8.1f} ms   "
+        f"cache/plain = {g['cache_over_plain']:.3f}  (target <= 1.15)"
+    )
+    print(f"  max |logit diff| vs HF: {g['max_abs_logit_diff']:.2e}")
+    seq = 2048 if args.quick else args.seq
+    m = bench_long_context(seq, repeats=1 if args.quick else args.repeats)
+    print(f"Mistral-shaped narrow model (8 layers, d_model 256, GQA 8/2, window 4096), 1 x {seq} tokens")
+    print(f"  HF (sdpa)  {m['hf_s'] * 1e3:8.0f} ms   peak +{fmt_bytes(m['hf_peak'])}")
+    print(f"  lens       {m['lens_s'] * 1e3:8.0f} ms   peak +{fmt_bytes(m['lens_peak'])}")
+    print(f"  time lens/HF = {m['time_ratio']:.3f}, memory lens/HF = {m['memory_ratio']:.3f}  (targets <= 1.2)")
+    print(f"  max |last-position logit diff| vs HF: {m['last_logits_max_diff']:.2e}")
+    if not transformer_lens_available():
+        print("TransformerLens: not installed (not measured)")
+    print(json.dumps({"gpt2": g, "long_context": m}))
+
+
+if __name__ == "__main__":
+    main()
