@@ -1,0 +1,24 @@
+"""The embedded models: their architectures and training recipes (data, not code paths).
+
+Each entry is trained by ``python -m lens.zoo.train NAME`` on the Python standard library's own source
+(byte-level tokens) and shipped as ``weights/NAME.safetensors`` + ``weights/NAME.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+COMMON: dict[str, Any] = dict(d_vocab=259, n_ctx=256, default_prepend_bos=True, act_fn="gelu_new")
+
+SPECS: dict[str, dict[str, Any]] = {
+    "attn-only-2l": {
+        "description": "2-layer attention-only transformer (8 heads/layer): forms induction heads",
+        "config": dict(COMMON, n_layers=2, d_model=128, n_heads=8, attn_only=True, normalization="LN"),
+        "train": dict(steps=1000, batch=16, seq=256, lr=3e-3, warmup=100, weight_decay=0.01, seed=0),
+    },
+    "gelu-4l": {
+        "description": "4-layer transformer with GELU MLPs (d_model 128, d_mlp 512)",
+        "config": dict(COMMON, n_layers=4, d_model=128, n_heads=4, d_mlp=512, normalization="LN"),
+        "train": dict(steps=900, batch=16, seq=128, lr=2e-3, warmup=100, weight_decay=0.01, seed=0),
+    },
+}
