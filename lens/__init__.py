@@ -9,12 +9,13 @@ runs and sample text — with logits equal to Hugging Face's for the same weight
 >>> logits, cache = model.run_with_cache("Hello lens")
 """
 
-from lens import utils
+from lens import attribution, head_detectors, logit_lens, patching, utils
 from lens.cache import ActivationCache
 from lens.config import TransformerConfig
 from lens.factored_matrix import FactoredMatrix
 from lens.hooks import HookedRootModule, HookPoint
 from lens.model import HookedTransformer
+from lens.patching import PatchingResult
 from lens.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -25,7 +26,12 @@ __all__ = [
     "HookPoint",
     "HookedRootModule",
     "HookedTransformer",
+    "PatchingResult",
     "Tokenizer",
     "TransformerConfig",
+    "attribution",
+    "head_detectors",
+    "logit_lens",
+    "patching",
     "utils",
 ]

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from lens.analysis import ActivationCacheAnalysisMixin
 from lens.hooks import unknown_hook_error
 from lens.utils import get_act_name
 
 
-class ActivationCache:
+class ActivationCache(ActivationCacheAnalysisMixin):
     """A mapping from hook names to cached activations, tied to the model that produced them."""
 
     def __init__(self, cache_dict: dict[str, torch.Tensor], model: Any, has_batch_dim: bool = True):

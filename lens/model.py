@@ -23,14 +23,16 @@ from torch import Tensor, nn
 
 from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
 from lens.config import TransformerConfig
+from lens.generation import GenerationMixin
 from lens.hooks import HookedRootModule, HookPoint
 from lens.tokenizer import Tokenizer, TokenizerMixin
 from lens.utils import lm_cross_entropy_loss
+from lens.weights import WeightsMixin
 
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedTransformer(HookedRootModule, TokenizerMixin):
+class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, GenerationMixin):
     """A hooked decoder-only transformer described by a :class:`TransformerConfig`.
 
     Args:
@@ -87,6 +89,66 @@ class HookedTransformer(HookedRootModule, TokenizerMixin):
             else:
                 s = out_std if name.endswith(("o_weight", "out_weight")) else std
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * s)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: Any,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        context_size_override: int | None = None,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+    ) -> HookedTransformer:
+        """Load a local Hugging Face-format directory or a ``transformers`` model object (never the network).
+
+        ``source``: a directory with config.json and model.safetensors (sharded or not; pytorch_model.bin
+        as a fallback; tokenizer.json attached when present), or a ``transformers`` model. Families: see
+        docs/families.md. ``dtype`` defaults to float32 for directories (a model object keeps its own).
+        Models trained on more than 4096 positions load with ``cfg.n_ctx = 4096``;
+        ``context_size_override=N`` sets ``n_ctx`` to any ``N <= cfg.n_ctx_trained`` (above: ValueError).
+        ``fold_ln`` / ``center_writing_weights`` / ``center_unembed`` / ``fold_value_biases`` are opt-in
+        log-prob-preserving rewrites (:mod:`lens.processing`); a flag the architecture cannot honour
+        (``center_writing_weights`` without LayerNorm) raises ValueError before loading, and
+        ``fold_value_biases`` without value biases is a no-op. Errors leave nothing half-loaded.
+
+        >>> model = HookedTransformer.from_pretrained("checkpoints/pythia-160m", fold_ln=True)  # doctest: +SKIP
+        """
+        from lens.loading import from_pretrained
+
+        return from_pretrained(
+            source,
+            dtype=dtype,
+            device=device,
+            context_size_override=context_size_override,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            model_class=cls,
+        )
+
+    def process_weights(
+        self,
+        *,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+    ) -> HookedTransformer:
+        """Apply :mod:`lens.processing` steps in place (next-token log-probs unchanged); returns self."""
+        from lens.processing import process_weights
+
+        return process_weights(
+            self,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+        )
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
@@ -178,7 +240,8 @@ class HookedTransformer(HookedRootModule, TokenizerMixin):
 
         With ``past_kv_cache``, the cache supplies the offset, the key-validity mask of everything
         cached plus ``attention_mask`` of the new tokens, and the new tokens' positions through
-        ``past_kv_cache.prepare(attention_mask, q_len) -> (q_offset, full_mask | None, positions)``.
+        ``past_kv_cache.prepare(attention_mask, q_len) -> (q_offset, full_mask | None, positions)``,
+        and (optionally) ``past_kv_cache.key_positions`` for sliding-window ring buffers.
         """
         device = device or self.embed.weight.device
         if past_kv_cache is not None:
@@ -187,6 +250,7 @@ class HookedTransformer(HookedRootModule, TokenizerMixin):
             ctx = AttentionContext.build(
                 batch, q_len, full_mask, q_offset, positions, device=device, kv_cache=past_kv_cache
             )
+            ctx.key_pos = getattr(past_kv_cache, "key_positions", None)  # ring-buffer slot positions
         else:
             self._check_length(q_len)
             ctx = AttentionContext.build(batch, q_len, attention_mask, device=device)

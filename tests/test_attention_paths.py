@@ -125,3 +125,29 @@ def test_long_context_forward_memory_is_linear_without_pattern_hooks(monkeypatch
     with torch.no_grad():
         model(torch.randint(0, 97, (1, 4096)))
     assert biggest == [0, 0]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_chunked_sliding_window_path_is_exact(monkeypatch, padded):
+    """Long sequences with a window take the chunked path; it equals the full-mask explicit path."""
+    model = tiny_model("mistral", window_size=5)
+    monkeypatch.setattr(attention_module.Attention, "window_chunk", 3)
+    calls = []
+    real = attention_module.Attention._windowed_attention
+
+    def spy(self, *args):
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(attention_module.Attention, "_windowed_attention", spy)
+    tokens = torch.randint(0, 97, (2, 17))
+    mask = torch.ones(2, 17, dtype=torch.long)
+    if padded:
+        mask[1, :4] = 0
+    with torch.no_grad():
+        fused = model(tokens, attention_mask=mask)
+        assert len(calls) == model.cfg.n_layers
+        explicit = model.run_with_hooks(
+            tokens, attention_mask=mask, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, hook: None)]
+        )
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)

@@ -14,11 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lens.adapters import gpt2, llama, mistral
+from lens.adapters import gemma, gpt2, llama, mistral, neox, qwen2
 from lens.adapters.base import Adapter, WeightSpec
 from lens.config import TransformerConfig, resolve_dtype
 
-ADAPTERS: tuple[Adapter, ...] = (gpt2.ADAPTER, llama.ADAPTER, mistral.ADAPTER)
+ADAPTERS: tuple[Adapter, ...] = (
+    gpt2.ADAPTER,
+    llama.ADAPTER,
+    mistral.ADAPTER,
+    neox.ADAPTER,
+    qwen2.ADAPTER,
+    gemma.ADAPTER,
+)
 
 
 def supported_architectures() -> list[str]:
@@ -83,7 +90,7 @@ def load_weights(
                 f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {tuple(value.shape)}, "
                 f"but the config needs {tuple(p.shape)} for {name}"
             )
-        p.copy_(value.to(device=p.device, dtype=p.dtype))
+        p.copy_(value)  # copy_ converts dtype and device without a temporary
 
 
 def config_from_hf(hf_config: Any, **overrides: Any) -> tuple[Adapter, TransformerConfig]:
@@ -110,7 +117,8 @@ def from_hf_model(
     adapter, cfg = config_from_hf(hf_model.config, dtype=resolve_dtype(dtype), device=device, **config_overrides)
     model = HookedTransformer(cfg, tokenizer=tokenizer, init=False)
     sd = hf_model.state_dict()
-    load_weights(model, adapter.weights(cfg), sd.__getitem__, sd.keys(), adapter.ignored(cfg))
+    names = adapter.source_names(sd)
+    load_weights(model, adapter.weights(cfg), lambda n: sd[names[n]], names, adapter.ignored(cfg))
     return model
 
 

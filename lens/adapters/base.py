@@ -13,7 +13,8 @@ a family's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,10 +65,28 @@ class Adapter:
     weights: Callable[[TransformerConfig], dict[str, WeightSpec]]
     ignore: tuple[str, ...] = field(default=())  # checkpoint tensor-name suffixes that carry no weights
     tied_unembed: tuple[str, ...] = ("lm_head.weight",)  # present but unused when embeddings are tied
+    # (regex, replacement) pairs giving a checkpoint tensor the name ``weights`` uses, for families whose
+    # files and in-memory ``transformers`` modules spell a tensor differently (NeoX's embed_out/lm_head)
+    renames: tuple[tuple[str, str], ...] = field(default=())
 
     def ignored(self, cfg: TransformerConfig) -> tuple[str, ...]:
         """Checkpoint tensor-name suffixes to skip for ``cfg``."""
         return self.ignore + (self.tied_unembed if cfg.tie_word_embeddings else ())
+
+    def source_names(self, names: Iterable[str]) -> dict[str, str]:
+        """``{name as weights() spells it: name in the checkpoint}`` after applying ``renames``.
+
+        >>> ad = Adapter("x", (), (), dict, dict, renames=(("^lm_head[.]", "embed_out."),))
+        >>> ad.source_names(["lm_head.weight"])
+        {'embed_out.weight': 'lm_head.weight'}
+        """
+        out = {}
+        for name in names:
+            canonical = name
+            for pattern, replacement in self.renames:
+                canonical = re.sub(pattern, replacement, canonical)
+            out[canonical] = name
+        return out
 
     def make_config(self, hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
         fields = self.config(hf)

@@ -35,6 +35,8 @@ from lens.hooks import HookPoint
 
 
 class Attention(nn.Module):
+    window_chunk: int = 1024  # query chunk size of the sliding-window path (see _windowed_attention)
+
     def __init__(self, cfg: TransformerConfig, layer_idx: int):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
@@ -145,15 +147,21 @@ class Attention(nn.Module):
         if cfg.positional == "rotary":
             q = self.hook_rot_q(apply_rotary(q, ctx.cos, ctx.sin))
             k = self.hook_rot_k(apply_rotary(k, ctx.cos, ctx.sin))
+        key_pos = None
         if ctx.kv_cache is not None:
             k, v = ctx.kv_cache.update(self.layer_idx, k, v)
+            if ctx.key_pos is not None:  # a sliding-window ring buffer, keys in slot order
+                key_pos = ctx.key_pos.get(self.window)
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, n, pos, dh]
         k_len = kh.shape[-2]
         if self.explicit:
+            if key_pos is not None:  # hooks see keys in position order
+                order = key_pos.argsort()
+                kh, vh = kh[:, :, order], vh[:, :, order]
             z = self._explicit_attention(qh, kh, vh, ctx, k_len)
         else:
-            z = self._fused_attention(qh, kh, vh, ctx, k_len)
+            z = self._fused_attention(qh, kh, vh, ctx, k_len, key_pos)
         z = self.hook_z(z.transpose(1, 2))  # [b, pos, head, dh]
 
         if cfg.use_attn_result:
@@ -162,21 +170,44 @@ class Attention(nn.Module):
             return out if self.o_bias is None else out + self.o_bias
         return F.linear(z.reshape(*z.shape[:2], h * dh), self.o_weight, self.o_bias)
 
-    def _fused_attention(self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int) -> Tensor:
+    def _fused_attention(
+        self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int, key_pos: Tensor | None = None
+    ) -> Tensor:
         gqa = self.n_rep > 1
         if ctx.is_plain_causal(k_len, self.window):
             return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=self.scale, enable_gqa=gqa)
-        mask = ctx.mask(k_len, self.window)
+        if ctx.is_unmasked(k_len, self.window):  # a cached decode step that sees every key
+            return F.scaled_dot_product_attention(qh, kh, vh, scale=self.scale, enable_gqa=gqa)
+        if key_pos is None and self.window is not None and k_len > self.window + self.window_chunk:
+            return self._windowed_attention(qh, kh, vh, ctx, k_len)
+        mask = ctx.mask(k_len, self.window, key_pos)
         return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+
+    def _windowed_attention(self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int) -> Tensor:
+        """Sliding-window attention in query chunks: each chunk reads only the keys its window can see.
+
+        Exact (every query's softmax runs over the same keys as with the full mask) while never building a
+        ``query x key`` mask: memory is O(chunk x (chunk + window)) and compute O(pos x (chunk + window)).
+        """
+        gqa, window, chunk = self.n_rep > 1, self.window, self.window_chunk
+        k0 = ctx.q_offset + ctx.q_len - k_len  # sequence index of the first key
+        outs = []
+        for s in range(0, ctx.q_len, chunk):
+            e = min(s + chunk, ctx.q_len)
+            q_lo, q_hi = ctx.q_offset + s, ctx.q_offset + e
+            k_lo = max(k0, q_lo - window + 1)
+            mask = ctx.range_mask(q_lo, q_hi, k_lo, q_hi, window)
+            ks, vs = kh[:, :, k_lo - k0 : q_hi - k0], vh[:, :, k_lo - k0 : q_hi - k0]
+            outs.append(
+                F.scaled_dot_product_attention(qh[:, :, s:e], ks, vs, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+            )
+        return torch.cat(outs, dim=2)
 
     def _explicit_attention(self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int) -> Tensor:
         if self.n_rep > 1:
             kh = kh.repeat_interleave(self.n_rep, dim=1)
             vh = vh.repeat_interleave(self.n_rep, dim=1)
-        scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale
-        mask = ctx.mask(k_len, self.window)
-        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype)
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        pattern = self.hook_pattern(pattern)
+        scores = torch.matmul(qh, kh.transpose(-1, -2)).mul_(self.scale)
+        scores = self.hook_attn_scores(scores.masked_fill_(ctx.blocked(k_len, self.window), float("-inf")))
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype))
         return torch.matmul(pattern, vh)

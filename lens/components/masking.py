@@ -9,6 +9,11 @@ attention runs with ``is_causal=True``.
 A query may attend to key ``j`` when ``j <= i`` (causal), ``i - j < window`` (sliding window) and key
 ``j`` is not padding. A padding query attends only to itself, so no softmax row is empty (no NaNs).
 
+With a KV cache the keys a layer sees are the last ``k_len`` positions ending at the last query
+(``q_offset + q_len``), or, for a sliding-window ring buffer on a decode step, the positions listed in
+``key_pos[window]`` (ring-slot order). A one-token decode step with no padding whose keys all lie in
+the window needs no mask at all (``is_unmasked``).
+
 >>> ctx = AttentionContext.build(batch=1, q_len=4)
 >>> ctx.mask(k_len=4, window=2)[0, 0].int().tolist()
 [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
@@ -34,6 +39,8 @@ class AttentionContext:
         positions: ``[batch, q_len]`` position ids (padding-aware) for rotary / learned embeddings.
         key_valid: ``[batch, q_offset + q_len]`` False on padding keys, or None when there is none.
         kv_cache: an object with ``update(layer, k, v) -> (k_all, v_all)``, or None.
+        key_pos: ``{window: [k] key positions}`` for sliding-window layers whose cache returns a ring
+            buffer in slot order (set from ``kv_cache.key_positions``), or None.
         cos, sin: rotary tables for ``positions`` (filled by the model when it uses rotary).
     """
 
@@ -42,6 +49,7 @@ class AttentionContext:
     positions: Int[Tensor, "batch q"]
     key_valid: Bool[Tensor, "batch k"] | None = None
     kv_cache: Any = None
+    key_pos: dict[int, Int[Tensor, " k"]] | None = None
     cos: Float[Tensor, "batch q rot"] | None = None
     sin: Float[Tensor, "batch q rot"] | None = None
     _masks: dict = field(default_factory=dict, repr=False)
@@ -84,19 +92,57 @@ class AttentionContext:
             and (window is None or window >= k_len)
         )
 
-    def mask(self, k_len: int, window: int | None = None) -> Bool[Tensor, "batch_or_1 1 q k"]:
-        """Boolean mask (True = may attend) for ``k_len`` keys, cached per (k_len, window)."""
-        key = (k_len, window)
+    def is_unmasked(self, k_len: int, window: int | None) -> bool:
+        """True on a one-token step without padding whose ``k_len`` keys are all visible (no mask needed).
+
+        A cache hands a layer only keys at or before the query, and a ring buffer only keys inside the
+        window, so the query sees every key unless a contiguous key range is longer than the window.
+        """
+        return self.key_valid is None and self.q_len == 1 and (window is None or k_len <= window)
+
+    def blocked(
+        self, k_len: int, window: int | None = None, key_pos: Int[Tensor, " k"] | None = None
+    ) -> Bool[Tensor, "batch_or_1 1 q k"]:
+        """The complement of :meth:`mask` (True = masked out), cached alike (the explicit path fills it)."""
+        key = ("blocked", k_len, window, key_pos)
         if key not in self._masks:
-            device = self.positions.device
-            q_idx = torch.arange(self.q_offset, self.q_offset + self.q_len, device=device)[:, None]
-            k_idx = torch.arange(k_len, device=device)[None, :]
-            allowed = k_idx <= q_idx
-            if window is not None:
-                allowed = allowed & (q_idx - k_idx < window)
-            allowed = allowed[None, None]
-            if self.key_valid is not None:
-                valid = self.key_valid[:, None, None, :k_len]
-                allowed = (allowed & valid) | (k_idx == q_idx)[None, None]
-            self._masks[key] = allowed
+            self._masks[key] = ~self.mask(k_len, window, key_pos)
         return self._masks[key]
+
+    def mask(
+        self, k_len: int, window: int | None = None, key_pos: Int[Tensor, " k"] | None = None
+    ) -> Bool[Tensor, "batch_or_1 1 q k"]:
+        """Boolean mask (True = may attend) for ``k_len`` keys, cached per (k_len, window, key_pos).
+
+        Keys are the positions ``[q_offset + q_len - k_len, q_offset + q_len)`` unless ``key_pos``
+        (a ring buffer's per-slot positions) says otherwise.
+        """
+        key = (k_len, window, key_pos)
+        if key not in self._masks:
+            end = self.q_offset + self.q_len
+            if key_pos is None:
+                self._masks[key] = self.range_mask(self.q_offset, end, end - k_len, end, window)
+            else:
+                self._masks[key] = self._build(self.q_offset, end, key_pos.to(self.positions.device), window)
+        return self._masks[key]
+
+    def range_mask(
+        self, q_start: int, q_end: int, k_start: int, k_end: int, window: int | None = None
+    ) -> Bool[Tensor, "batch_or_1 1 q k"]:
+        """Mask for queries at sequence indices ``[q_start, q_end)`` against keys ``[k_start, k_end)``."""
+        return self._build(q_start, q_end, torch.arange(k_start, k_end, device=self.positions.device), window)
+
+    def _build(
+        self, q_start: int, q_end: int, k_idx: Int[Tensor, " k"], window: int | None
+    ) -> Bool[Tensor, "batch_or_1 1 q k"]:
+        # Only bool [q, k] tensors are created: comparisons broadcast a [q, 1] column against a [1, k] row.
+        q_idx = torch.arange(q_start, q_end, device=k_idx.device)[:, None]
+        row = k_idx[None, :]
+        allowed = (row <= q_idx) & (row >= 0)
+        if window is not None:
+            allowed &= row > q_idx - window
+        allowed = allowed[None, None]
+        if self.key_valid is not None:
+            valid = self.key_valid[:, k_idx.clamp_min(0)]
+            allowed = (allowed & valid[:, None, None, :]) | (row == q_idx)[None, None]
+        return allowed

@@ -1,0 +1,254 @@
+"""A preallocated key/value cache for fast autoregressive decoding, optionally stored as int8.
+
+:class:`KVCache` allocates, once, ``[batch, n_key_value_heads, length, d_head]`` keys and values per
+layer (``length`` = prompt + new tokens) and writes each step's keys in place, so a decode step never
+grows a tensor with ``torch.cat``. A sliding-window layer (``cfg.layer_window(i)`` shorter than the
+cache) keeps only its window as a ring buffer: position ``p`` lives in slot ``p % window``.
+
+It implements the protocol ``HookedTransformer.forward(..., past_kv_cache=cache)`` speaks:
+
+* ``prepare(attention_mask_new | None, q_len) -> (q_offset, key_mask | None, positions)`` before a
+  forward: where the new tokens go, the validity of every key so far (None when nothing is padding)
+  and the new tokens' padding-aware positions (a left-padded row is numbered as if it ran alone);
+  it also sets ``key_positions``, ``{window: [window] positions}`` of ring slots on decode steps
+  whose ring has wrapped (None otherwise), which the attention mask reads;
+* ``update(layer, k, v) -> (k_all, v_all)`` in each attention layer, ``k``/``v``
+  ``[batch, pos, kv_head, d_head]`` after rotary; returns the keys that layer attends to: all cached
+  positions, or for a ring layer the positions inside the window (slot order once it has wrapped);
+* ``advance(q_len)`` after the forward.
+
+``kv_cache_dtype="int8"`` stores keys and values as int8 with one float32 scale per token and head
+(symmetric, ``scale = max|x| / 127``): ``(1 + 4 / d_head) / 4`` of the fp32 memory, 0.27x at
+``d_head=64``. The tokens of the current forward attend to their own keys at full precision; older
+keys are dequantized.
+
+>>> cache = KVCache(model.cfg, batch=1, max_len=20)
+>>> logits = model(prompt_tokens, past_kv_cache=cache)          # prefill: cache.offset == 5
+>>> logits = model(next_token[:, None], past_kv_cache=cache)    # one decode step
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from lens.config import TransformerConfig
+
+KV_CACHE_DTYPES = (None, "int8")
+
+
+def quantize_int8(x: Float[Tensor, "... d"]) -> tuple[Int[Tensor, "... d"], Float[Tensor, "... 1"]]:
+    """Symmetric per-row int8 quantization: ``x ~= q * scale`` with ``scale = max|x| / 127`` (float32).
+
+    >>> q, s = quantize_int8(torch.tensor([[1.0, -0.5, 0.25]]))
+    >>> q.tolist(), round(s.item() * 127, 6)
+    ([[127, -64, 32]], 1.0)
+    """
+    x32 = x.float()
+    scale = x32.abs().amax(-1, keepdim=True).div_(127.0).clamp_min_(torch.finfo(torch.float32).tiny)
+    return torch.round(x32 / scale).clamp_(-127, 127).to(torch.int8), scale
+
+
+class _LayerStore:
+    """One layer's keys and values, ``[batch, kv_head, size, d_head]`` (int8 + scales when quantized)."""
+
+    def __init__(self, shape: tuple[int, ...], size: int, ring: bool, dtype, device, quantized: bool):
+        self.size, self.ring, self.dtype, self.quantized = size, ring, dtype, quantized
+        if quantized:
+            self.k = torch.zeros(shape, dtype=torch.int8, device=device)
+            self.v = torch.zeros(shape, dtype=torch.int8, device=device)
+            self.k_scale = torch.zeros(*shape[:-1], 1, dtype=torch.float32, device=device)
+            self.v_scale = torch.zeros(*shape[:-1], 1, dtype=torch.float32, device=device)
+        else:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def tensors(self) -> list[str]:
+        return ["k", "v", "k_scale", "v_scale"] if self.quantized else ["k", "v"]
+
+    def write(self, idx: slice | Tensor, k: Tensor, v: Tensor) -> None:
+        """Store ``k``/``v`` ``[b, kv, n, dh]`` at slots ``idx``."""
+        if self.quantized:
+            kq, ks = quantize_int8(k)
+            vq, vs = quantize_int8(v)
+            self.k[:, :, idx], self.k_scale[:, :, idx] = kq, ks
+            self.v[:, :, idx], self.v_scale[:, :, idx] = vq, vs
+        else:
+            self.k[:, :, idx] = k
+            self.v[:, :, idx] = v
+
+    def read(self, idx: slice | Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values at slots ``idx`` in the model dtype (views when not quantized)."""
+        if not self.quantized:
+            return self.k[:, :, idx], self.v[:, :, idx]
+        k = (self.k[:, :, idx].to(torch.float32) * self.k_scale[:, :, idx]).to(self.dtype)
+        v = (self.v[:, :, idx].to(torch.float32) * self.v_scale[:, :, idx]).to(self.dtype)
+        return k, v
+
+
+class KVCache:
+    """Preallocated per-layer key/value buffers for ``batch`` sequences of up to ``max_len`` positions.
+
+    Args:
+        cfg: the model's config (layers, kv heads, d_head, windows, dtype).
+        batch: number of sequences (rows).
+        max_len: positions to hold (prompt + new tokens); writing beyond raises ``ValueError``.
+        dtype / device: of the buffers (default ``cfg.dtype`` / ``cfg.device``).
+        kv_cache_dtype: None (the model dtype) or ``"int8"``.
+
+    Attributes:
+        offset: positions written so far (the next token's index in the sequence).
+        key_positions: ring-slot positions per window for the current step, or None.
+
+    >>> cache = KVCache(cfg, batch=2, max_len=64, kv_cache_dtype="int8")
+    >>> cache.nbytes < KVCache(cfg, batch=2, max_len=64).nbytes
+    True
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        batch: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        kv_cache_dtype: str | None = None,
+    ):
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
+        for name, value in (("batch", batch), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.cfg, self.batch, self.max_len = cfg, batch, max_len
+        self.dtype = dtype or cfg.dtype
+        self.device = torch.device(device if device is not None else (cfg.device or "cpu"))
+        self.kv_cache_dtype = kv_cache_dtype
+        self.offset = 0
+        self.key_positions: dict[int, Int[Tensor, " k"]] | None = None
+        shape_kv = (batch, cfg.n_key_value_heads)
+        self.layers: list[_LayerStore] = []
+        self._windows: set[int] = set()
+        for i in range(cfg.n_layers):
+            window = cfg.layer_window(i)
+            ring = window is not None and window < max_len
+            size = window if ring else max_len
+            if ring:
+                self._windows.add(window)
+            store = _LayerStore(
+                (*shape_kv, size, cfg.d_head), size, ring, self.dtype, self.device, kv_cache_dtype == "int8"
+            )
+            self.layers.append(store)
+        self._key_mask: Bool[Tensor, "batch max_len"] | None = None  # allocated on the first padding
+        self._next_pos: Int[Tensor, " batch"] | None = None  # per-row position counters (with padding)
+        self._counts: Tensor | int = 0
+        self._pending: int | None = None
+
+    @classmethod
+    def for_model(cls, model, batch: int, max_len: int, kv_cache_dtype: str | None = None) -> KVCache:
+        """A cache matching ``model``'s config, dtype and device."""
+        w = model.embed.weight
+        return cls(model.cfg, batch, max_len, dtype=w.dtype, device=w.device, kv_cache_dtype=kv_cache_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the key/value buffers (and int8 scales)."""
+        return sum(getattr(s, n).nbytes for s in self.layers for n in s.tensors())
+
+    def __repr__(self) -> str:
+        kind = self.kv_cache_dtype or str(self.dtype).removeprefix("torch.")
+        return (
+            f"KVCache(batch={self.batch}, max_len={self.max_len}, offset={self.offset}, {kind}, "
+            f"{self.nbytes / 2**20:.1f} MiB)"
+        )
+
+    # -- protocol -------------------------------------------------------------------------------------
+    def prepare(
+        self, attention_mask: Int[Tensor, "batch q"] | None, q_len: int
+    ) -> tuple[int, Bool[Tensor, "batch k"] | None, Int[Tensor, "batch q"]]:
+        """Reserve ``q_len`` positions; returns ``(q_offset, key_mask | None, positions)``."""
+        off, b = self.offset, self.batch
+        if off + q_len > self.max_len:
+            raise ValueError(f"the KV cache holds {self.max_len} positions; {off} are used and {q_len} more do not fit")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (b, q_len):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected [batch={b}, q_len={q_len}]"
+                )
+            m = attention_mask.to(self.device, torch.bool)
+            if self._key_mask is None and not bool(m.all()):
+                self._key_mask = torch.ones(b, self.max_len, dtype=torch.bool, device=self.device)
+                self._next_pos = torch.full((b,), off, dtype=torch.long, device=self.device)
+        if self._key_mask is None:
+            positions = torch.arange(off, off + q_len, device=self.device).expand(b, q_len)
+            self._counts = q_len
+        elif attention_mask is not None:
+            self._key_mask[:, off : off + q_len] = m
+            positions = (self._next_pos[:, None] + m.long().cumsum(-1) - 1).clamp_min(0)
+            self._counts = m.sum(-1)
+        else:
+            self._key_mask[:, off : off + q_len] = True
+            positions = self._next_pos[:, None] + torch.arange(q_len, device=self.device)
+            self._counts = q_len
+        self._pending = q_len
+        self.key_positions = None
+        if q_len == 1 and self._windows:
+            self.key_positions = {
+                w: off - (off - torch.arange(w, device=self.device)) % w for w in self._windows if off >= w
+            } or None
+        full = None if self._key_mask is None else self._key_mask[:, : off + q_len]
+        return off, full, positions
+
+    def update(
+        self, layer: int, k: Float[Tensor, "batch q kv d_head"], v: Float[Tensor, "batch q kv d_head"]
+    ) -> tuple[Float[Tensor, "batch k kv d_head"], Float[Tensor, "batch k kv d_head"]]:
+        """Store this step's keys/values for ``layer`` and return the ones it attends to."""
+        store, off = self.layers[layer], self.offset
+        q = k.shape[1]
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [b, kv, q, dh]
+        if not store.ring:
+            store.write(slice(off, off + q), kt, vt)
+            if not store.quantized:
+                return store.k[:, :, : off + q].transpose(1, 2), store.v[:, :, : off + q].transpose(1, 2)
+            k_old, v_old = store.read(slice(0, off))
+            return torch.cat((k_old, kt), 2).transpose(1, 2), torch.cat((v_old, vt), 2).transpose(1, 2)
+        w = store.size
+        if q == 1:  # decode step: slots [0, off] in order until the ring wraps, then the whole ring
+            slot = off % w
+            store.write(slice(slot, slot + 1), kt, vt)
+            k_all, v_all = store.read(slice(0, min(off + 1, w)))
+            if store.quantized:  # the new token attends to its own key at full precision
+                k_all[:, :, slot : slot + 1], v_all[:, :, slot : slot + 1] = kt, vt
+            return k_all.transpose(1, 2), v_all.transpose(1, 2)
+        # several tokens: the window's earlier keys in position order, then the new ones
+        prev = min(off, w - 1)
+        if prev:
+            k_old, v_old = store.read(torch.arange(off - prev, off, device=self.device) % w)
+            k_all, v_all = torch.cat((k_old, kt), 2), torch.cat((v_old, vt), 2)
+        else:
+            k_all, v_all = kt, vt
+        keep = min(q, w)
+        slots = torch.arange(off + q - keep, off + q, device=self.device) % w
+        store.write(slots, kt[:, :, q - keep :], vt[:, :, q - keep :])
+        return k_all.transpose(1, 2), v_all.transpose(1, 2)
+
+    def advance(self, q_len: int) -> None:
+        """Mark the ``q_len`` positions reserved by :meth:`prepare` as written."""
+        if self._pending != q_len:
+            raise ValueError(f"advance({q_len}) does not match the prepared step of {self._pending} tokens")
+        self.offset += q_len
+        if self._next_pos is not None:
+            self._next_pos += self._counts
+        self._pending, self.key_positions = None, None
+
+    # -- beam search ----------------------------------------------------------------------------------
+    def reorder(self, index: Int[Tensor, " batch"]) -> None:
+        """Keep rows ``index`` (beam search: each surviving beam takes its parent's cache)."""
+        index = index.to(self.device)
+        for store in self.layers:
+            for name in store.tensors():
+                setattr(store, name, getattr(store, name).index_select(0, index))
+        if self._key_mask is not None:
+            self._key_mask = self._key_mask.index_select(0, index)
+            self._next_pos = self._next_pos.index_select(0, index)

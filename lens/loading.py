@@ -1,0 +1,376 @@
+"""Load Hugging Face-format checkpoints from local disk into a :class:`lens.HookedTransformer`.
+
+lens never touches the network: ``source`` is a local directory (``config.json`` plus
+``model.safetensors``, a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin`` as a
+fallback; ``tokenizer.json`` when present) or a ``transformers`` model object already in memory.
+
+Tensors stream into a model built with ``init=False``: each safetensors tensor is memory-mapped,
+copied into its parameter, then released (the file is reopened per tensor, so the mapping never pins
+more than the tensors in flight); a tensor that changes dtype is converted in row chunks of at most
+4 MiB. Peak memory stays close to the model's own size (benchmarks/bench_loading.py). Tensors reach
+the adapters already in the model dtype, so e.g. Gemma's ``1 + w`` is computed in float32 when a
+bf16 checkpoint loads as float32, as ``transformers`` does.
+
+Long-context models load with ``n_ctx = min(n_ctx_trained, 4096)``; ``context_size_override`` picks
+any context up to the trained maximum.
+
+>>> model = from_pretrained("checkpoints/pythia-70m", dtype="bf16")          # doctest: +SKIP
+>>> model = from_pretrained("checkpoints/mistral-7b", context_size_override=16384)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lens.adapters import find_adapter, load_weights
+from lens.adapters.base import DEFAULT_MAX_CONTEXT, Adapter
+from lens.config import TransformerConfig, resolve_dtype
+from lens.processing import check_processing, process_weights
+from lens.tokenizer import Tokenizer
+
+__all__ = ["CheckpointReader", "apply_context", "from_pretrained", "open_checkpoint", "read_hf_config"]
+
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def from_pretrained(
+    source: str | os.PathLike | Any,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    context_size_override: int | None = None,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+    model_class: type | None = None,
+):
+    """A :class:`lens.HookedTransformer` with the weights of a local checkpoint or ``transformers`` model.
+
+    Args:
+        source: a local Hugging Face-format directory, or a ``transformers`` model object. Hub names
+            are refused: download the files yourself and pass the directory.
+        dtype: parameter dtype (``"bf16"``, ``torch.float16``, ...). Directories default to float32;
+            model objects keep their own dtype.
+        device: where parameters live (default CPU).
+        context_size_override: the context ``cfg.n_ctx`` (positive int ``<= cfg.n_ctx_trained``);
+            by default ``min(n_ctx_trained, 4096)``. Nothing is allocated per position.
+        fold_ln, center_writing_weights, center_unembed, fold_value_biases: opt-in weight processing
+            (see :mod:`lens.processing`); off by default so logits equal Hugging Face's. A flag whose
+            precondition the architecture breaks (``center_writing_weights`` without LayerNorm)
+            raises ``ValueError`` before anything loads; ``fold_value_biases`` without value biases
+            is a no-op.
+
+    Raises:
+        FileNotFoundError: no such directory (e.g. a hub name), or no config.json / weight files.
+        ValueError: unsupported architecture, corrupt or mismatched checkpoint, bad dtype or context.
+        TypeError: a source, dtype or context_size_override of the wrong type.
+
+    >>> model = from_pretrained("checkpoints/gpt2", fold_ln=True, center_writing_weights=True)  # doctest: +SKIP
+    """
+    from lens.model import HookedTransformer
+
+    model_class = model_class or HookedTransformer
+    _check_override(context_size_override)
+    flags = dict(
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+    if isinstance(source, (str, os.PathLike)):
+        model = _from_directory(Path(source), dtype, device, context_size_override, flags, model_class)
+    elif hasattr(source, "config") and hasattr(source, "state_dict"):
+        model = _from_model_object(source, dtype, device, context_size_override, flags, model_class)
+    else:
+        raise TypeError(
+            f"source must be a local directory path or a transformers model object, got {type(source).__name__}"
+        )
+    return process_weights(model, **flags)
+
+
+# -- context ------------------------------------------------------------------------------------------
+def _check_override(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"context_size_override must be a positive int, got {type(value).__name__} ({value!r})")
+    if value <= 0:
+        raise ValueError(f"context_size_override must be a positive int, got {value}")
+
+
+def apply_context(cfg: TransformerConfig, override: int | None = None) -> TransformerConfig:
+    """``cfg`` with ``n_ctx = override`` (checked against ``n_ctx_trained``) or the 4096 default.
+
+    >>> apply_context(TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_vocab=10, n_ctx=32768,
+    ...                                 n_ctx_trained=32768)).n_ctx
+    4096
+    """
+    _check_override(override)
+    trained = cfg.n_ctx_trained or cfg.n_ctx
+    if override is None:
+        return cfg.replace(n_ctx=min(trained, DEFAULT_MAX_CONTEXT), n_ctx_trained=trained)
+    if override > trained:
+        raise ValueError(
+            f"context_size_override={override} exceeds the model's trained maximum n_ctx_trained={trained}; "
+            f"choose a context of at most {trained} positions"
+        )
+    return cfg.replace(n_ctx=override, n_ctx_trained=trained)
+
+
+# -- configs ------------------------------------------------------------------------------------------
+def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a Hugging Face-format directory (clear errors when absent or broken)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no config.json; lens loads Hugging Face-format directories "
+            f"(config.json + {SAFETENSORS} / {SAFETENSORS_INDEX} / {TORCH_BIN})"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _make_config(adapter: Adapter, hf: dict[str, Any], override: int | None, **fields: Any) -> TransformerConfig:
+    try:
+        cfg = adapter.make_config(hf, **fields)
+    except KeyError as e:
+        raise ValueError(f"the {adapter.name} config is missing the field {e.args[0]!r}") from e
+    return apply_context(cfg, override)
+
+
+# -- checkpoint readers -------------------------------------------------------------------------------
+CHUNK_BYTES = 4 << 20
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class CheckpointReader:
+    """Names of the tensors in a checkpoint and ``get(name)`` for one tensor at a time.
+
+    Floating tensors come back in ``dtype`` (when given); others as stored.
+    """
+
+    names: list[str]
+    dtype: torch.dtype | None = None
+
+    def get(self, name: str) -> Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release anything held open (a no-op by default)."""
+
+    def _convert(self, t: Tensor) -> Tensor:
+        return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+
+
+class _SafetensorsReader(CheckpointReader):
+    """Memory-mapped safetensors shards; each ``get`` maps its file only while the tensor is alive."""
+
+    def __init__(self, files: list[Path], dtype: torch.dtype | None = None):
+        from safetensors import safe_open
+
+        self._open = safe_open
+        self.dtype = dtype
+        self._where: dict[str, Path] = {}
+        for file in files:
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as f:
+                    keys = list(f.keys())
+            except Exception as e:  # SafetensorError, OSError: a truncated or corrupt file
+                raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+            for key in keys:
+                self._where[key] = file
+        self.names = list(self._where)
+
+    def get(self, name: str) -> Tensor:
+        file = self._where[name]
+        try:
+            with self._open(str(file), framework="pt", device="cpu") as f:
+                view = f.get_slice(name)
+                shape, stored = list(view.get_shape()), _SAFETENSORS_DTYPES.get(view.get_dtype())
+                if stored is None or self.dtype in (None, stored) or not shape:
+                    return self._convert(f.get_tensor(name))
+            return self._converted_in_chunks(file, name, shape, stored)
+        except Exception as e:
+            raise ValueError(f"could not read tensor {name!r} from {file}: {e}") from e
+
+    def _converted_in_chunks(self, file: Path, name: str, shape: list[int], stored: torch.dtype) -> Tensor:
+        """Convert ``CHUNK_BYTES`` of rows at a time, remapping the file per chunk so pages are released."""
+        out = torch.empty(shape, dtype=self.dtype)
+        row_bytes = max(1, math.prod(shape[1:]) * stored.itemsize)
+        step = max(1, CHUNK_BYTES // row_bytes)
+        for start in range(0, shape[0], step):
+            with self._open(str(file), framework="pt", device="cpu") as f:
+                out[start : start + step].copy_(f.get_slice(name)[start : start + step])
+        return out
+
+
+class _TorchBinReader(CheckpointReader):
+    """``pytorch_model.bin`` shards via ``torch.load(weights_only=True, mmap=True)``, one shard at a time."""
+
+    def __init__(self, files: list[Path], names: dict[str, Path] | None = None, dtype: torch.dtype | None = None):
+        self.dtype = dtype
+        self._shard: tuple[Path, dict[str, Tensor]] | None = None
+        if names is None:  # one file: its keys are the names
+            names = dict.fromkeys(self._load(files[0]), files[0])
+        self._where = names
+        self.names = list(names)
+
+    def _load(self, file: Path) -> dict[str, Tensor]:
+        if self._shard is not None and self._shard[0] == file:
+            return self._shard[1]
+        self._shard = None
+        try:
+            try:
+                sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        except Exception as e:
+            raise ValueError(f"{file} is not a loadable PyTorch state dict (weights_only=True): {e}") from e
+        if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+            raise ValueError(f"{file} does not hold a flat {{name: tensor}} state dict")
+        self._shard = (file, sd)
+        return sd
+
+    def get(self, name: str) -> Tensor:
+        sd = self._load(self._where[name])
+        if name not in sd:
+            raise ValueError(f"the index places {name!r} in {self._where[name]}, but that file lacks it")
+        return self._convert(sd[name])
+
+    def close(self) -> None:
+        self._shard = None
+
+
+class _StateDictReader(CheckpointReader):
+    def __init__(self, state_dict: dict[str, Tensor], dtype: torch.dtype | None = None):
+        self._sd, self.dtype = state_dict, dtype
+        self.names = list(state_dict)
+
+    def get(self, name: str) -> Tensor:
+        return self._convert(self._sd[name])
+
+
+def _index(directory: Path, index_name: str) -> dict[str, Path]:
+    path = directory / index_name
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid shard index (needs a 'weight_map' object): {e}") from e
+    where = {name: directory / file for name, file in weight_map.items()}
+    missing = sorted({str(f.name) for f in where.values() if not f.is_file()})
+    if missing:
+        raise FileNotFoundError(f"{path} lists shard files that are not in {directory}: {missing[:5]}")
+    return where
+
+
+def open_checkpoint(directory: str | os.PathLike, dtype: torch.dtype | None = None) -> CheckpointReader:
+    """A reader for the weights in ``directory``: safetensors (single or sharded), else pytorch_model.bin.
+
+    >>> reader = open_checkpoint("checkpoints/gpt2", torch.float32)   # doctest: +SKIP
+    >>> reader.get("transformer.wte.weight").shape                      # doctest: +SKIP
+    torch.Size([50257, 768])
+    """
+    directory = Path(directory)
+    if (directory / SAFETENSORS).is_file():
+        return _SafetensorsReader([directory / SAFETENSORS], dtype)
+    if (directory / SAFETENSORS_INDEX).is_file():
+        return _SafetensorsReader(sorted(set(_index(directory, SAFETENSORS_INDEX).values())), dtype)
+    if (directory / TORCH_BIN).is_file():
+        return _TorchBinReader([directory / TORCH_BIN], dtype=dtype)
+    if (directory / TORCH_BIN_INDEX).is_file():
+        where = _index(directory, TORCH_BIN_INDEX)
+        return _TorchBinReader(sorted(set(where.values())), where, dtype)
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}"
+    )
+
+
+def _fill(model, adapter: Adapter, reader: CheckpointReader) -> None:
+    names = adapter.source_names(reader.names)
+    try:
+        load_weights(
+            model, adapter.weights(model.cfg), lambda n: reader.get(names[n]), names, adapter.ignored(model.cfg)
+        )
+    finally:
+        reader.close()
+
+
+# -- sources ------------------------------------------------------------------------------------------
+def _not_a_directory(path: Path) -> Exception:
+    if path.exists():
+        return ValueError(f"{path} is a file; pass the directory that holds config.json and the weights")
+    name = str(path)
+    return FileNotFoundError(
+        f"{name!r} is not a local directory. lens never downloads: fetch the checkpoint first, e.g. "
+        f"`huggingface-cli download {name} --local-dir ./{Path(name).name}` or "
+        f"`huggingface_hub.snapshot_download({name!r}, local_dir=...)`, then pass that directory "
+        "(or pass a transformers model object)"
+    )
+
+
+def _from_directory(directory: Path, dtype, device, override, flags, model_class):
+    if not directory.is_dir():
+        raise _not_a_directory(directory)
+    hf = read_hf_config(directory)
+    adapter = find_adapter(hf)
+    name = None if hf.get("_name_or_path") else directory.name
+    cfg = _make_config(adapter, hf, override, dtype=dtype or torch.float32, device=device, model_name=name)
+    check_processing(cfg, **flags)
+    tokenizer = None
+    if (directory / "tokenizer.json").is_file():
+        try:
+            tokenizer = Tokenizer.from_directory(directory)
+        except Exception as e:
+            raise ValueError(f"could not load {directory / 'tokenizer.json'}: {e}") from e
+    reader = open_checkpoint(directory, cfg.dtype)
+    model = model_class(cfg, tokenizer=tokenizer, init=False)
+    _fill(model, adapter, reader)
+    return model
+
+
+def _from_model_object(hf_model, dtype, device, override, flags, model_class):
+    config = hf_model.config
+    hf = config if isinstance(config, dict) else config.to_dict()
+    adapter = find_adapter(hf)
+    if dtype is None:
+        dtype = next(_params(hf_model), torch.empty(0)).dtype
+    cfg = _make_config(adapter, hf, override, dtype=dtype, device=device)
+    check_processing(cfg, **flags)
+    model = model_class(cfg, init=False)
+    _fill(model, adapter, _StateDictReader(hf_model.state_dict(), cfg.dtype))
+    _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None))
+    return model
+
+
+def _params(module) -> Iterator[Tensor]:
+    return iter(module.parameters()) if hasattr(module, "parameters") else iter(())
+
+
+def _attach_local_tokenizer(model, path: Any) -> None:
+    """Attach ``tokenizer.json`` from the directory a model object was loaded from, if it is local."""
+    if not path or not (Path(str(path)) / "tokenizer.json").is_file():
+        return
+    try:
+        model.set_tokenizer(Tokenizer.from_directory(Path(str(path))))
+    except Exception as e:  # the weights are fine; a broken tokenizer should not lose them
+        warnings.warn(f"not attaching the tokenizer in {path}: {e}", stacklevel=3)

@@ -1,0 +1,265 @@
+"""Opt-in weight processing that keeps next-token log-probs (TransformerLens's definitions).
+
+The default is faithful weights (logits equal Hugging Face's); these rewrites make the weights easier
+to read without changing what the model computes. The architecture and every hook stay in place.
+
+- ``fold_ln``: fold each norm's weight (and LayerNorm bias) into the linear layers that read it
+  (ln1 -> q/k/v, ln2 -> MLP in and gate, ln_final -> unembed); the norm is left with weight 1 and
+  bias 0. With LayerNorm the reading weights are also centred over ``d_model`` (the norm's output
+  has zero mean, so this changes nothing). Tied embeddings are untied first: the embedding keeps
+  its values and the unembedding gets its own, folded copy (``cfg.tie_word_embeddings = False``).
+- ``center_writing_weights``: subtract the mean over ``d_model`` from every weight and bias writing
+  to the residual stream (``W_E``, ``W_pos``, ``W_O``/``b_O``, ``W_out``/``b_out``). Valid only when
+  every reader of the stream is a LayerNorm, which discards that mean; ``ValueError`` otherwise.
+- ``center_unembed``: subtract the mean over the vocabulary from ``W_U`` and ``b_U`` (shifts all
+  logits of a position equally, so log-softmax is unchanged). Unties tied embeddings first.
+- ``fold_value_biases``: ``b_V`` passes through attention unchanged (pattern rows sum to one), so
+  it is folded through ``W_O`` into ``b_O`` and zeroed. Creates ``b_O`` (``cfg.attn_out_bias``) when
+  the model has none; a no-op when there are no value biases.
+
+Biases a fold needs are created as zeros and the matching ``cfg`` flag switched on. Arithmetic runs
+in at least float32 and is cast back to the parameter dtype.
+
+>>> model = process_weights(model, fold_ln=True, center_unembed=True)   # doctest: +SKIP
+>>> model.blocks[0].ln1.w.unique()                                      # doctest: +SKIP
+tensor([1.])
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from lens.config import TransformerConfig
+
+__all__ = [
+    "center_unembed",
+    "center_writing_weights",
+    "check_processing",
+    "fold_layer_norm",
+    "fold_value_biases",
+    "process_weights",
+    "untie_embeddings",
+]
+
+
+def check_processing(
+    cfg: TransformerConfig,
+    *,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+) -> None:
+    """Raise ``ValueError`` if a requested processing step cannot preserve ``cfg``'s outputs.
+
+    >>> check_processing(TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_vocab=10, n_ctx=8,
+    ...                  normalization="RMS"), center_writing_weights=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: center_writing_weights needs LayerNorm before every reader of the residual stream ...
+    """
+    flags = dict(
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+    if fold_ln and cfg.normalization is None:
+        raise ValueError("fold_ln needs normalization layers, but this model has none (normalization=None)")
+    if center_writing_weights and cfg.normalization != "LN":
+        raise ValueError(
+            "center_writing_weights needs LayerNorm before every reader of the residual stream (it relies on "
+            f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
+            "load without center_writing_weights"
+        )
+
+
+def process_weights(
+    model,
+    *,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+):
+    """Apply the requested steps in TransformerLens's order, in place; returns ``model``.
+
+    >>> model = process_weights(model, fold_ln=True, fold_value_biases=True)   # doctest: +SKIP
+    """
+    flags = dict(
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    check_processing(model.cfg, **flags)
+    for name, step in _STEPS.items():  # TransformerLens's order
+        if flags[name]:
+            step(model)
+    done = [name for name, value in flags.items() if value]
+    if done:
+        record = model.cfg.extra.setdefault("weight_processing", [])
+        record.extend(name for name in done if name not in record)
+    return model
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def _work(t: Tensor) -> Tensor:
+    """``t`` in at least float32, detached (a copy only when the dtype changes)."""
+    t = t.detach()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _set(p: Tensor, value: Tensor) -> None:
+    p.copy_(value.to(p.dtype))
+
+
+def _zeros_param(like: Tensor, n: int) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(n, dtype=like.dtype, device=like.device))
+
+
+def _ensure_bias(module: nn.Module, attr: str, like: Tensor, n: int) -> Tensor:
+    """``module.<attr>``, created as a zero parameter when the module has none."""
+    if getattr(module, attr, None) is None:
+        setattr(module, attr, _zeros_param(like, n))
+    return getattr(module, attr)
+
+
+def _ensure_mlp_biases(model) -> None:
+    """Give every MLP in/gate/out biases (zeros) and set ``cfg.mlp_bias``; they come as a set."""
+    cfg = model.cfg
+    for block in model.blocks:
+        mlp = getattr(block, "mlp", None)
+        if mlp is None:
+            continue
+        _ensure_bias(mlp, "in_bias", mlp.in_weight, cfg.d_mlp)
+        if cfg.gated_mlp:
+            _ensure_bias(mlp, "gate_bias", mlp.gate_weight, cfg.d_mlp)
+        _ensure_bias(mlp, "out_bias", mlp.out_weight, cfg.d_model)
+    cfg.mlp_bias = True
+
+
+@torch.no_grad()
+def untie_embeddings(model) -> None:
+    """Give the unembedding its own copy of a tied embedding matrix (``cfg.tie_word_embeddings=False``)."""
+    if model.unembed.weight is model.embed.weight or model.cfg.tie_word_embeddings:
+        model.unembed.weight = nn.Parameter(model.embed.weight.detach().clone())
+        model.cfg.tie_word_embeddings = False
+
+
+def _fold_into(
+    norm: nn.Module,
+    weights: list[Float[Tensor, "out d_model"]],
+    biases: list[Float[Tensor, "out"] | None],
+    center: bool,
+) -> None:
+    """Fold ``norm``'s weight (and bias) into linear layers ``x @ W.T + b`` that read its output."""
+    w = _work(norm.w)
+    b = None if getattr(norm, "b", None) is None else _work(norm.b)
+    for weight, bias in zip(weights, biases):
+        W = _work(weight)
+        if b is not None and bias is not None:
+            _set(bias, _work(bias) + W @ b)
+        folded = W * w
+        if center:
+            folded = folded - folded.mean(dim=1, keepdim=True)
+        _set(weight, folded)
+    norm.w.fill_(1.0)
+    if getattr(norm, "b", None) is not None:
+        norm.b.zero_()
+
+
+# -- steps --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def fold_layer_norm(model) -> None:
+    """Fold ln1 -> q/k/v, ln2 -> MLP in/gate, ln_final -> unembed; norms become weight 1, bias 0."""
+    cfg = model.cfg
+    if cfg.normalization is None:
+        raise ValueError("fold_ln needs normalization layers, but this model has none")
+    has_bias = cfg.normalization == "LN" and cfg.norm_bias
+    center = cfg.normalization == "LN"
+    if has_bias:  # the LN bias becomes a bias of every reader: make sure they have one
+        for block in model.blocks:
+            rows = (cfg.n_heads + 2 * cfg.n_key_value_heads) * cfg.d_head
+            _ensure_bias(block.attn, "qkv_bias", block.attn.qkv_weight, rows)
+        cfg.qkv_bias = True
+        if not cfg.attn_only:
+            _ensure_mlp_biases(model)
+        _ensure_bias(model.unembed, "bias", model.unembed.weight, cfg.d_vocab)
+        cfg.unembed_bias = True
+    for block in model.blocks:
+        _fold_into(block.ln1, [block.attn.qkv_weight], [block.attn.qkv_bias], center)
+        mlp = getattr(block, "mlp", None)
+        if mlp is not None:
+            weights, biases = [mlp.in_weight], [mlp.in_bias]
+            if cfg.gated_mlp:
+                weights.append(mlp.gate_weight)
+                biases.append(mlp.gate_bias)
+            _fold_into(block.ln2, weights, biases, center)
+    untie_embeddings(model)
+    _fold_into(model.ln_final, [model.unembed.weight], [model.unembed.bias], center)
+
+
+@torch.no_grad()
+def center_writing_weights(model) -> None:
+    """Remove the mean over ``d_model`` from W_E, W_pos, W_O/b_O and W_out/b_out (LayerNorm models only)."""
+    check_processing(model.cfg, center_writing_weights=True)
+    untie_embeddings(model)  # centring W_E must not move a tied W_U
+
+    def center(p: Tensor | None, dim: int) -> None:
+        if p is not None:
+            x = _work(p)
+            _set(p, x - x.mean(dim=dim, keepdim=True))
+
+    center(model.embed.weight, -1)
+    if model.cfg.positional == "learned":
+        center(model.pos_embed.weight, -1)
+    for block in model.blocks:
+        center(block.attn.o_weight, 0)  # [d_model, h * d_head]: d_model is dim 0
+        center(block.attn.o_bias, 0)
+        mlp = getattr(block, "mlp", None)
+        if mlp is not None:
+            center(mlp.out_weight, 0)
+            center(mlp.out_bias, 0)
+
+
+@torch.no_grad()
+def center_unembed(model) -> None:
+    """Remove the mean over the vocabulary from W_U and b_U (log-softmax invariant)."""
+    untie_embeddings(model)
+    for p in (model.unembed.weight, model.unembed.bias):  # weight is [d_vocab, d_model]
+        if p is not None:
+            x = _work(p)
+            _set(p, x - x.mean(dim=0, keepdim=True))
+
+
+@torch.no_grad()
+def fold_value_biases(model) -> None:
+    """Fold b_V through W_O into b_O and zero b_V (no-op without q/k/v biases)."""
+    cfg = model.cfg
+    if not cfg.qkv_bias:
+        return
+    h, kv, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
+    for block in model.blocks:
+        attn = block.attn
+        if attn.qkv_bias is None:
+            continue
+        b_v = _work(attn.qkv_bias[(h + kv) * dh :]).view(kv, dh)
+        per_head = b_v.repeat_interleave(h // kv, dim=0).reshape(h * dh)  # query head -> its kv group
+        o_bias = _ensure_bias(attn, "o_bias", attn.o_weight, cfg.d_model)
+        _set(o_bias, _work(o_bias) + _work(attn.o_weight) @ per_head)
+        attn.qkv_bias[(h + kv) * dh :].zero_()
+    cfg.attn_out_bias = True
+
+
+_STEPS = {
+    "fold_ln": fold_layer_norm,
+    "center_writing_weights": center_writing_weights,
+    "center_unembed": center_unembed,
+    "fold_value_biases": fold_value_biases,
+}

@@ -1,0 +1,250 @@
+"""from_pretrained: sources, file formats, tokenizer, context defaults and override, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lens import HookedTransformer
+from tests.adapters.helpers import VOCAB, copy_dir, saved, tokens
+from tests.adapters.test_parity import FAMILIES
+
+pytest.importorskip("transformers")
+
+
+def _logits(model, toks):
+    with torch.no_grad():
+        out = model(toks)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _family_copy(name: str, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    directory, hf = saved(name, FAMILIES[name])
+    return copy_dir(directory, tmp_path / name), hf
+
+
+def _edit_config(directory: Path, **changes) -> None:
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
+
+
+# -- file formats ----------------------------------------------------------------------------------
+def test_sharded_safetensors(tmp_path):
+    _, hf = saved("llama3", FAMILIES["llama3"])
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
+    model = HookedTransformer.from_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(model, tokens()), _logits(hf, tokens()), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
+def test_pytorch_model_bin_fallback(tmp_path, zipfile):
+    directory, hf = _family_copy("neox", tmp_path)  # in-memory names (lm_head) differ from files (embed_out)
+    (directory / "model.safetensors").unlink()
+    torch.save(hf.state_dict(), directory / "pytorch_model.bin", _use_new_zipfile_serialization=zipfile)
+    model = HookedTransformer.from_pretrained(directory)
+    torch.testing.assert_close(_logits(model, tokens()), _logits(hf, tokens()), atol=1e-4, rtol=0)
+
+
+def test_reader_converts_dtype_in_chunks(tmp_path, monkeypatch):
+    import lens.loading
+
+    monkeypatch.setattr(lens.loading, "CHUNK_BYTES", 1000)  # 40 x 30 fp32 rows of 120 B: several chunks
+    tensors = {
+        "w": torch.randn(40, 30),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5),
+        "ids": torch.arange(4),
+    }
+    save_file(tensors, tmp_path / "model.safetensors")
+    reader = lens.loading.open_checkpoint(tmp_path, torch.bfloat16)
+    for name, t in tensors.items():
+        got = reader.get(name)
+        torch.testing.assert_close(got, t.to(torch.bfloat16) if t.is_floating_point() else t, atol=0, rtol=0)
+
+
+def test_tokenizer_attached(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    directory, _ = _family_copy("llama3", tmp_path)
+    vocab = {"<s>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate("hello world lens".split())}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    model = HookedTransformer.from_pretrained(directory)
+    assert model.tokenizer is not None
+    assert model.to_str_tokens("hello lens") == ["<s>", "hello", "lens"]
+    assert model("hello world").shape == (1, 3, VOCAB)
+    assert HookedTransformer.from_pretrained(saved("llama3", FAMILIES["llama3"])[0]).tokenizer is None
+
+
+# -- context ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, trained", [("mistral", 32768), ("llama3", 131072), ("qwen2", 32768)])
+def test_long_context_defaults_to_4096(tmp_path, name, trained):
+    directory, _ = _family_copy(name, tmp_path)
+    _edit_config(directory, max_position_embeddings=trained)
+    model = HookedTransformer.from_pretrained(directory)
+    assert (model.cfg.n_ctx, model.cfg.n_ctx_trained) == (4096, trained)
+    assert HookedTransformer.from_pretrained(directory, context_size_override=trained).cfg.n_ctx == trained
+    assert HookedTransformer.from_pretrained(directory, context_size_override=100).cfg.n_ctx == 100
+    with pytest.raises(ValueError, match=rf"{trained + 1}.*{trained}"):
+        HookedTransformer.from_pretrained(directory, context_size_override=trained + 1)
+
+
+def _state_bytes(model) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_context_allocates_nothing_per_position(tmp_path):
+    directory, _ = _family_copy("mistral", tmp_path)
+    _edit_config(directory, max_position_embeddings=32768)
+    small = HookedTransformer.from_pretrained(directory, context_size_override=2048)
+    large = HookedTransformer.from_pretrained(directory, context_size_override=32768)
+    assert _state_bytes(small) == _state_bytes(large)
+
+
+def test_too_long_input_names_trained_maximum_and_override(tmp_path):
+    directory, _ = _family_copy("mistral", tmp_path)
+    _edit_config(directory, max_position_embeddings=32768)
+    model = HookedTransformer.from_pretrained(directory, context_size_override=8)
+    model(tokens(1, 8))
+    with pytest.raises(ValueError, match=r"9 positions.*n_ctx is 8.*context_size_override.*32768"):
+        model(tokens(1, 9))
+
+
+def test_learned_positions_trained_context_is_table_size():
+    directory = saved("gpt2", FAMILIES["gpt2"])[0]
+    model = HookedTransformer.from_pretrained(directory)
+    assert model.cfg.n_ctx == model.cfg.n_ctx_trained == model.W_pos.shape[0] == 64
+    assert HookedTransformer.from_pretrained(directory, context_size_override=16).cfg.n_ctx == 16
+    with pytest.raises(ValueError, match="n_ctx_trained=64"):
+        HookedTransformer.from_pretrained(directory, context_size_override=65)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-5, ValueError), (2.5, TypeError), ("4096", TypeError),
+                                        (True, TypeError)])  # fmt: skip
+def test_bad_context_size_override(bad, error):
+    with pytest.raises(error, match="context_size_override"):
+        HookedTransformer.from_pretrained(saved("gpt2", FAMILIES["gpt2"])[0], context_size_override=bad)
+
+
+# -- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad, error", [("float33", ValueError), ("int8", ValueError), (torch.int64, ValueError),
+                                        (3, TypeError)])  # fmt: skip
+def test_bad_dtype(bad, error):
+    with pytest.raises(error, match="dtype"):
+        HookedTransformer.from_pretrained(saved("gpt2", FAMILIES["gpt2"])[0], dtype=bad)
+
+
+def test_hub_name_is_refused_with_instructions():
+    with pytest.raises(FileNotFoundError, match=r"not a local directory.*never downloads.*--local-dir"):
+        HookedTransformer.from_pretrained("EleutherAI/pythia-70m")
+
+
+def test_other_bad_sources(tmp_path):
+    with pytest.raises(TypeError, match="source"):
+        HookedTransformer.from_pretrained(42)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        HookedTransformer.from_pretrained(tmp_path / "file.txt")
+
+
+def test_missing_config_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        HookedTransformer.from_pretrained(tmp_path)
+
+
+def test_broken_config_json(tmp_path):
+    directory, _ = _family_copy("llama3", tmp_path)
+    (directory / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        HookedTransformer.from_pretrained(directory)
+    other = copy_dir(saved("llama3", FAMILIES["llama3"])[0], tmp_path / "other")
+    cfg = json.loads((other / "config.json").read_text())
+    del cfg["hidden_size"]
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="missing the field 'hidden_size'"):
+        HookedTransformer.from_pretrained(other)
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    directory, _ = _family_copy("gpt2", tmp_path)
+    _edit_config(directory, architectures=["FalconForCausalLM"], model_type="falcon")
+    with pytest.raises(ValueError, match=r"unsupported architecture 'FalconForCausalLM'.*GPTNeoXForCausalLM"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def test_no_weight_files(tmp_path):
+    directory, _ = _family_copy("gpt2", tmp_path)
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors.*pytorch_model.bin"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def _rewrite(directory: Path, edit) -> None:
+    path = directory / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_missing_tensor_is_named(tmp_path):
+    directory, _ = _family_copy("llama3", tmp_path)
+    _rewrite(directory, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ValueError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def test_unexpected_tensor_is_named(tmp_path):
+    directory, _ = _family_copy("llama3", tmp_path)
+    _rewrite(directory, lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(2)}))
+    with pytest.raises(ValueError, match=r"unexpected tensors \['model.layers.0.extra.weight'\]"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    directory, _ = _family_copy("llama3", tmp_path)
+    _edit_config(directory, intermediate_size=40)
+    with pytest.raises(ValueError, match=r"shape \(48, 32\).*needs \(40, 32\)"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def test_neox_fused_qkv_shape_mismatch(tmp_path):
+    directory, _ = _family_copy("neox", tmp_path)
+    _rewrite(directory, lambda t: t.update({k: v[:-2] for k, v in t.items() if "query_key_value" in k}))
+    with pytest.raises(ValueError, match="query_key_value.*rows"):
+        HookedTransformer.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_safetensors(tmp_path, damage):
+    directory, _ = _family_copy("llama3", tmp_path)
+    path = directory / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100] if damage == "truncate" else bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def test_corrupt_pytorch_bin(tmp_path):
+    directory, _ = _family_copy("gpt2", tmp_path)
+    (directory / "model.safetensors").unlink()
+    (directory / "pytorch_model.bin").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="pytorch_model.bin is not a loadable"):
+        HookedTransformer.from_pretrained(directory)
+
+
+def test_sharded_index_with_missing_shard(tmp_path):
+    _, hf = saved("gpt2", FAMILIES["gpt2"])
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    sorted(tmp_path.glob("model-*.safetensors"))[0].unlink()
+    with pytest.raises(FileNotFoundError, match="shard files that are not in"):
+        HookedTransformer.from_pretrained(tmp_path)
