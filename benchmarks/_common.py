@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -50,11 +51,16 @@ def peak_bytes_since(baseline: int) -> int:
     return _status_kib("VmHWM") * 1024 - baseline
 
 
-def run_subprocess(module: str, *args: str) -> dict:
-    """Run ``python -m module args`` and parse the JSON it prints on its last line."""
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()
+def run_subprocess(module: str, *args: str, python: str | None = None) -> dict:
+    """Run ``python -m module args`` (in the repo root) and parse the JSON it prints on its last line."""
+    root = str(Path(__file__).parent.parent)
+    out = (
+        subprocess.run(
+            [python or sys.executable, "-m", module, *args], check=True, capture_output=True, text=True, cwd=root
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     return json.loads(out[-1])
 
 

@@ -47,10 +47,61 @@ def mistral_narrow(seq: int):
     return transformers.MistralForCausalLM(cfg).eval()
 
 
-def transformer_lens_available() -> bool:
+def tl_python() -> str | None:
+    """An interpreter with TransformerLens: this one, $LENS_TL_PYTHON, or .venv-tl/bin/python."""
     import importlib.util
+    import os
+    from pathlib import Path
 
-    return importlib.util.find_spec("transformer_lens") is not None
+    if importlib.util.find_spec("transformer_lens") is not None:
+        return sys.executable
+    for cand in (os.environ.get("LENS_TL_PYTHON"), str(Path(__file__).parent.parent / ".venv-tl/bin/python")):
+        if cand and Path(cand).exists():
+            return cand
+    return None
+
+
+def tl_gpt2_worker(repeats: int) -> dict:
+    """TransformerLens vs HF on the GPT-2-small shape, both timed in this (TransformerLens) process."""
+    from transformer_lens import HookedTransformer as TLModel
+    from transformer_lens import HookedTransformerConfig
+
+    hf = gpt2_small()
+    cfg = HookedTransformerConfig(
+        n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=1024,
+        act_fn="gelu_new", normalization_type="LN", device="cpu",
+    )  # fmt: skip
+    tl = TLModel(cfg).eval()
+    tokens = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        times = interleaved_times({"hf": lambda: hf(tokens), "tl": lambda: tl(tokens)}, repeats=repeats)
+    return {"hf_s": times["hf"], "tl_s": times["tl"], "tl_over_hf": times["tl"] / times["hf"]}
+
+
+def tl_long_worker(seq: int, repeats: int) -> dict:
+    """TransformerLens on the Mistral-shaped narrow model: time and peak memory of one forward."""
+    from transformer_lens import HookedTransformer as TLModel
+    from transformer_lens import HookedTransformerConfig
+
+    torch.manual_seed(0)
+    base = reset_peak()
+    cfg = HookedTransformerConfig(
+        n_layers=8, d_model=256, d_head=32, n_heads=8, n_key_value_heads=2, d_mlp=1024, d_vocab=1000,
+        n_ctx=seq, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=32,
+        gated_mlp=True, window_size=4096, attn_types=["local"] * 8, device="cpu",
+    )  # fmt: skip
+    tl = TLModel(cfg).eval()
+    build_peak = peak_bytes_since(base)
+    tokens = torch.randint(0, 1000, (1, seq), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        import gc
+
+        gc.collect()
+        base = reset_peak()
+        tl(tokens)
+        peak = peak_bytes_since(base)
+        times = interleaved_times({"tl": lambda: tl(tokens)}, repeats=repeats, warmup=0)
+    return {"impl": "tl", "time_s": times["tl"], "peak_bytes": peak, "model_build_peak_bytes": build_peak}
 
 
 def bench_gpt2(repeats: int) -> dict:
@@ -131,11 +182,17 @@ def bench_long_context(seq: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter sequence (smoke test)")
-    parser.add_argument("--worker", choices=["hf", "lens"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["hf", "lens", "tl", "tl-gpt2"], help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.worker == "tl-gpt2":
+        print(json.dumps(tl_gpt2_worker(args.repeats)))
+        return
+    if args.worker == "tl":
+        print(json.dumps(tl_long_worker(args.seq, args.repeats)))
+        return
     if args.worker:
         print(json.dumps(long_context_worker(args.worker, args.seq, args.repeats)))
         return
@@ -157,9 +214,23 @@ def main() -> None:
     print(f"  lens       {m['lens_s'] * 1e3:8.0f} ms   peak +{fmt_bytes(m['lens_peak'])}")
     print(f"  time lens/HF = {m['time_ratio']:.3f}, memory lens/HF = {m['memory_ratio']:.3f}  (targets <= 1.2)")
     print(f"  max |last-position logit diff| vs HF: {m['last_logits_max_diff']:.2e}")
-    if not transformer_lens_available():
-        print("TransformerLens: not installed (not measured)")
-    print(json.dumps({"gpt2": g, "long_context": m}))
+    tl = {}
+    tl_py = tl_python()
+    if tl_py is None:
+        print("TransformerLens: not installed (not measured; set LENS_TL_PYTHON or create .venv-tl)")
+    else:
+        tl["gpt2"] = run_subprocess("benchmarks.bench_forward", "--worker", "tl-gpt2", "--repeats",
+                                    str(3 if args.quick else 10), python=tl_py)  # fmt: skip
+        print(f"TransformerLens 2.x ({tl_py}): GPT-2-small forward TL/HF = {tl['gpt2']['tl_over_hf']:.2f}")
+        tl["long"] = run_subprocess("benchmarks.bench_forward", "--worker", "tl", "--seq", str(seq), "--repeats", "1",
+                                    python=tl_py)  # fmt: skip
+        print(
+            f"TransformerLens long context: {tl['long']['time_s'] * 1e3:.0f} ms "
+            f"(TL/HF = {tl['long']['time_s'] / m['hf_s']:.2f}), peak +{fmt_bytes(tl['long']['peak_bytes'])} "
+            f"(TL/HF = {tl['long']['peak_bytes'] / m['hf_peak']:.1f}); building the model took "
+            f"+{fmt_bytes(tl['long']['model_build_peak_bytes'])}"
+        )
+    print(json.dumps({"gpt2": g, "long_context": m, "transformer_lens": tl}))
 
 
 if __name__ == "__main__":
