@@ -9,7 +9,9 @@ prompt of 20 tokens (corrupted at 3 positions), metric = logit difference at the
 - ``lens``: ``lens.patching.get_act_patch_resid_pre`` at the default batch size (batched forwards
   starting at the patched layer). Target: >= 3x faster than ``loop``.
 - ``lens_from_tokens``: the same batching with ``start_at_layer=False`` (batching alone).
-- a batch-size sweep, and TransformerLens's ``patching.get_act_patch_resid_pre`` when installed.
+- a batch-size sweep, and TransformerLens's ``patching.get_act_patch_resid_pre`` (same shape, its own
+  random weights, under ``torch.no_grad``) when an interpreter with TransformerLens is found (this one,
+  ``$LENS_TL_PYTHON`` or ``.venv-tl/bin/python``); it runs in that interpreter as a subprocess.
 
 Run: ``.venv/bin/python -m benchmarks.bench_patching [--quick]``
 """
@@ -17,20 +19,21 @@ Run: ``.venv/bin/python -m benchmarks.bench_patching [--quick]``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import time
 
 import torch
 
-import lens
-from lens import patching
+from benchmarks._common import run_subprocess
+from benchmarks.bench_forward import tl_python
 
 N_POS, ANSWER, WRONG = 20, 1000, 2000
 
 
-def gpt2_small_lens() -> lens.HookedTransformer:
+def gpt2_small_lens():
+    import lens
+
     cfg = lens.TransformerConfig(
         n_layers=12, d_model=768, n_heads=12, d_vocab=50257, n_ctx=1024, act_fn="gelu_new", model_name="gpt2-shape"
     )
@@ -70,14 +73,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat, no batch-size sweep")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--worker", choices=["tl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
+    if args.worker == "tl":
+        print(json.dumps(tl_worker(repeats)))
+        return
+    from lens import patching
 
     model = gpt2_small_lens()
-    gen = torch.Generator().manual_seed(0)
-    clean = torch.randint(0, 50257, (1, N_POS), generator=gen)
-    corrupted = clean.clone()
-    corrupted[:, [3, 8, 15]] = torch.randint(0, 50257, (1, 3), generator=gen)
+    clean, corrupted = prompts()
     _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
 
     def batched(**kw):
@@ -100,15 +105,26 @@ def main() -> None:
         max_abs_diff_from_tokens=(r_tok - r_loop).abs().max().item(),
     )
     if not args.quick:
-        results["sweep_s"] = {b: timed(batched(batch_size=b), 1)[0] for b in (8, 24, 48, 240)}
-    if importlib.util.find_spec("transformer_lens") is not None:
-        results["transformer_lens"] = bench_transformer_lens(model, clean, corrupted, repeats)
+        results["sweep_s"] = {b: timed(batched(batch_size=b), 1)[0] for b in (8, 24, 102, 240)}
+    tl_py = tl_python()
+    if tl_py is None:
+        results["transformer_lens"] = "not installed (set LENS_TL_PYTHON or create .venv-tl)"
     else:
-        results["transformer_lens"] = "not installed"
+        tl = run_subprocess("benchmarks.bench_patching", "--worker", "tl", "--repeats", str(repeats), python=tl_py)
+        results["transformer_lens"] = {**tl, "lens_speedup_vs_tl": tl["tl_s"] / t_lens}
     print(json.dumps(results, indent=1))
 
 
-def bench_transformer_lens(model, clean, corrupted, repeats: int) -> dict:  # pragma: no cover - optional
+def prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 50257, (1, N_POS), generator=gen)
+    corrupted = clean.clone()
+    corrupted[:, [3, 8, 15]] = torch.randint(0, 50257, (1, 3), generator=gen)
+    return clean, corrupted
+
+
+def tl_worker(repeats: int) -> dict:  # runs in an interpreter with TransformerLens
+    import transformer_lens
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import patching as tl_patching
 
@@ -117,13 +133,15 @@ def bench_transformer_lens(model, clean, corrupted, repeats: int) -> dict:  # pr
         normalization_type="LN",
     )  # fmt: skip
     tl = HookedTransformer(cfg).eval()
+    clean, corrupted = prompts()
     _, cache = tl.run_with_cache(clean)
 
     def tl_metric(logits):
         return (logits[:, -1, ANSWER] - logits[:, -1, WRONG]).mean()
 
-    t, _ = timed(lambda: tl_patching.get_act_patch_resid_pre(tl, corrupted, cache, tl_metric), max(1, repeats - 1))
-    return {"tl_s": t}
+    with torch.no_grad():
+        t, _ = timed(lambda: tl_patching.get_act_patch_resid_pre(tl, corrupted, cache, tl_metric), max(1, repeats - 1))
+    return {"tl_s": t, "tl_version": getattr(transformer_lens, "__version__", "?"), "threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

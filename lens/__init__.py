@@ -9,7 +9,7 @@ runs and sample text — with logits equal to Hugging Face's for the same weight
 >>> logits, cache = model.run_with_cache("Hello lens")
 """
 
-from lens import attribution, head_detectors, logit_lens, patching, utils
+from lens import attribution, head_detectors, logit_lens, patching, repro, utils, zoo
 from lens.cache import ActivationCache
 from lens.config import TransformerConfig
 from lens.factored_matrix import FactoredMatrix
@@ -33,5 +33,7 @@ __all__ = [
     "head_detectors",
     "logit_lens",
     "patching",
+    "repro",
     "utils",
+    "zoo",
 ]

@@ -122,6 +122,7 @@ get_attr_patch_attn_head_q_by_pos = _HELPERS["attn_head_q_by_pos"]
 get_attr_patch_attn_head_k_by_pos = _HELPERS["attn_head_k_by_pos"]
 get_attr_patch_attn_head_v_by_pos = _HELPERS["attn_head_v_by_pos"]
 get_attr_patch_attn_head_pattern_by_pos = _HELPERS["attn_head_pattern_by_pos"]
+get_attr_patch_attn_head_pattern_dest_src_pos = _HELPERS["attn_head_pattern_dest_src_pos"]
 get_attr_patch_mlp_post_all_pos = _HELPERS["mlp_post_all_pos"]
 get_attr_patch_mlp_post_by_pos = _HELPERS["mlp_post_by_pos"]
 

@@ -12,7 +12,8 @@ Helpers (TransformerLens names, argument order ``(model, corrupted_tokens, clean
 result shapes): ``get_act_patch_{resid_pre,resid_mid,attn_out,mlp_out}`` ``[layer, pos]``;
 ``get_act_patch_attn_head_{out,q,k,v,pattern}_all_pos`` ``[layer, head]``;
 ``get_act_patch_attn_head_{out,q,k,v}_by_pos`` ``[layer, pos, head]``, ``..._pattern_by_pos``
-``[layer, head, dest_pos]``; ``get_act_patch_mlp_post_{all,by}_pos`` ``[layer, (pos,) neuron]``;
+``[layer, head, dest_pos]``, ``..._pattern_dest_src_pos`` ``[layer, head, dest_pos, src_pos]``;
+``get_act_patch_mlp_post_{all,by}_pos`` ``[layer, (pos,) neuron]``;
 ``get_act_patch_block_every`` ``[3, layer, pos]``, ``get_act_patch_attn_head_{all,by}_pos_every``
 ``[5, layer, (pos,) head]`` (order: out/z, q, k, v, pattern).
 
@@ -71,6 +72,7 @@ SPECS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "attn_head_k_by_pos": ("k", ("layer", "pos", "head"), "each key head's key, by position"),
     "attn_head_v_by_pos": ("v", ("layer", "pos", "head"), "each value head's value, by position"),
     "attn_head_pattern_by_pos": ("pattern", ("layer", "head", "dest_pos"), "each head's pattern row, by destination"),
+    "attn_head_pattern_dest_src_pos": ("pattern", ("layer", "head", "dest_pos", "src_pos"), "each pattern entry"),
     "mlp_post_all_pos": ("post", ("layer", "neuron"), "each MLP neuron, all positions at once"),
     "mlp_post_by_pos": ("post", ("layer", "pos", "neuron"), "each MLP neuron, by position"),
 }
@@ -82,9 +84,10 @@ __all__ = ["DEFAULT_TOKENS_PER_BATCH", "PatchingResult", "generic_activation_pat
 Metric = Callable[[Tensor], Tensor]
 
 #: Default batch size, in tokens: a batch holds ``max(1, DEFAULT_TOKENS_PER_BATCH // (batch * pos))``
-#: patched runs. Bigger batches amortise per-forward overhead but cost ``rows * pos * d_vocab``
-#: floats of logits; 2048 tokens is ~400 MB of logits at GPT-2's vocabulary.
-DEFAULT_TOKENS_PER_BATCH = 2048
+#: patched runs. Bigger batches amortise per-forward overhead but cost ``rows * pos * d_vocab`` floats
+#: of logits (1024 tokens: ~200 MB at GPT-2's vocabulary) and span more layers, so start later less
+#: often (see docs/benchmarks.md).
+DEFAULT_TOKENS_PER_BATCH = 1024
 
 _HEAD_VEC = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "q_input", "k_input", "v_input", "attn_in"}
 _AXES_RESID = {"pos": 1}
@@ -237,11 +240,8 @@ def _resolve_hooks(model: Any, act_name: str | Sequence[str], layers: Sequence[i
 
 
 def _check_ids(what: str, ids: Any, size: int, where: str) -> list[int]:
-    if isinstance(ids, Tensor):
-        ids = ids.tolist()
-    if isinstance(ids, int):
-        ids = [ids]
-    ids = list(ids)
+    ids = ids.tolist() if isinstance(ids, Tensor) else ids
+    ids = [ids] if isinstance(ids, int) else list(ids)
     bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not -size <= i < size]
     if bad:
         raise ValueError(f"{what}={bad} out of range for {where} (valid: 0..{size - 1})")
@@ -541,6 +541,7 @@ get_act_patch_attn_head_q_by_pos = _HELPERS["attn_head_q_by_pos"]
 get_act_patch_attn_head_k_by_pos = _HELPERS["attn_head_k_by_pos"]
 get_act_patch_attn_head_v_by_pos = _HELPERS["attn_head_v_by_pos"]
 get_act_patch_attn_head_pattern_by_pos = _HELPERS["attn_head_pattern_by_pos"]
+get_act_patch_attn_head_pattern_dest_src_pos = _HELPERS["attn_head_pattern_dest_src_pos"]
 get_act_patch_mlp_post_all_pos = _HELPERS["mlp_post_all_pos"]
 get_act_patch_mlp_post_by_pos = _HELPERS["mlp_post_by_pos"]
 

@@ -224,3 +224,31 @@ def test_bad_input():
         narrow.decompose_resid()
     with pytest.raises(ValueError, match="top_k"):
         logit_lens(model, torch.tensor([[1, 2]]), top_k=0)
+
+
+def test_logit_attrs_with_folded_layer_norm():
+    """With fold_ln the final norm has weight 1 and bias 0: only the unembedding bias is left over."""
+    model = _model("gpt2")
+    if not hasattr(model, "process_weights"):
+        pytest.skip("weight processing (fold_ln) is not available")
+    model.process_weights(fold_ln=True)
+    tokens = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
+    logits, cache = model.run_with_cache(tokens)
+    tok, inc = tokens[:, -1], tokens[:, 0]
+    attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tok, inc, pos_slice=-1)
+    b_u = model.b_U[tok] - model.b_U[inc]
+    torch.testing.assert_close(cache.logit_offset(tok, inc), b_u, **ATOL)
+    torch.testing.assert_close(attrs.sum(0) + b_u, _logit_diff(logits[:, -1], tok, inc), **ATOL)
+
+
+def test_cache_without_batch_dim():
+    model = _model("gpt2")
+    tokens = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
+    logits, cache = model.run_with_cache(tokens, remove_batch_dim=True)
+    full = cache.get_full_resid_decomposition()
+    assert full.shape[1:] == (6, model.cfg.d_model)
+    torch.testing.assert_close(full.sum(0), cache["resid_post", -1], **ATOL)
+    tok, inc = tokens[0], (tokens[0] + 1) % VOCAB
+    got = cache.logit_attrs(full, tok, inc).sum(0) + cache.logit_offset(tok, inc)
+    torch.testing.assert_close(got, _logit_diff(logits[0], tok, inc), **ATOL)
+    assert logit_lens(model, tokens, cache=cache).top_tokens.shape == (3, 6, 5)

@@ -65,6 +65,7 @@ CASES = {
     "attn_head_pattern_all_pos": ("blocks.{}.attn.hook_pattern", lambda s: (ALL, s[1]), "head"),
     "attn_head_pattern_by_pos": ("blocks.{}.attn.hook_pattern", lambda s: (ALL, s[1], s[2]), "head pos"),
     "mlp_post_all_pos": ("blocks.{}.mlp.hook_post", lambda s: (ALL, ALL, s[1]), "neuron"),
+    "attn_head_pattern_dest_src_pos": ("blocks.{}.attn.hook_pattern", lambda s: (ALL, *s[1:]), "head pos pos"),
 }
 
 

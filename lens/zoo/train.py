@@ -89,7 +89,19 @@ def induction_scores(model, seq_len: int = 50, batch: int = 8, seed: int = 0) ->
 
 
 def train(name: str, steps: int | None = None, out_dir: Path = WEIGHTS_DIR, log_every: int = 50) -> dict:
-    """Train model ``name`` from :data:`SPECS` and write its weights and report to ``out_dir``."""
+    """Train model ``name`` from :data:`SPECS` and write its weights and report to ``out_dir``.
+
+    Deterministic algorithms and a 2-thread pool are switched on for the run and restored afterwards.
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    try:
+        return _train(name, steps, out_dir, log_every)
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.set_num_threads(saved[1])
+
+
+def _train(name: str, steps: int | None, out_dir: Path, log_every: int) -> dict:
     from safetensors.torch import save_file
 
     from lens import HookedTransformer, TransformerConfig

@@ -1,0 +1,65 @@
+"""Embedded models: shipped weights load offline, match their recorded hashes and reports, and behave."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from lens import zoo
+from lens.zoo import train as zoo_train
+
+
+def test_both_models_ship_with_reports():
+    assert set(zoo.list_models()) >= {"attn-only-2l", "gelu-4l"}
+    total = sum((zoo.WEIGHTS_DIR / f"{n}.safetensors").stat().st_size for n in zoo.list_models())
+    assert total <= 10 * 2**20, "embedded weights must stay under 10 MB"
+    for name in zoo.list_models():
+        report = zoo.info(name)
+        assert report["sha256"] == zoo.sha256_of(zoo.WEIGHTS_DIR / f"{name}.safetensors")
+        assert report["held_out_loss"] < 3.0, "trained models beat a byte-unigram baseline by far"
+        assert len(report["loss_curve"]) > 5 and report["loss_curve"][-1][1] < report["loss_curve"][0][1]
+
+
+@pytest.mark.parametrize("name", ["attn-only-2l", "gelu-4l"])
+def test_load_reproduces_recorded_metrics(name):
+    model = zoo.load(name)
+    report = zoo.info(name)
+    assert model.cfg.to_dict() == {**report["config"], "device": None}
+    recomputed = zoo_train.induction_scores(model)
+    torch.testing.assert_close(torch.tensor(recomputed), torch.tensor(report["induction_scores"]), atol=1e-3, rtol=0)
+
+
+def test_attn_only_model_has_induction_heads_and_learns_in_context():
+    model = zoo.load("attn-only-2l")
+    scores = torch.tensor(zoo.info("attn-only-2l")["induction_scores"])
+    assert scores[1].max() > 0.3, f"layer 1 should hold an induction head, scores {scores.tolist()}"
+    g = torch.Generator().manual_seed(1)
+    rand = torch.randint(0, 256, (4, 60), generator=g)
+    tokens = torch.cat([torch.full((4, 1), 256), rand, rand], dim=1)
+    with torch.no_grad():
+        per_token = model(tokens, return_type="loss", loss_per_token=True)
+    first, second = per_token[:, :60].mean(), per_token[:, 61:].mean()
+    assert second < 0.5 * first, f"in-context learning: first repeat {first:.2f}, second {second:.2f}"
+
+
+def test_tampered_weights_are_rejected(tmp_path):
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(zoo.WEIGHTS_DIR / f"attn-only-2l{suffix}", tmp_path / f"attn-only-2l{suffix}")
+    zoo.load(tmp_path)  # a zoo-format directory loads
+    weights = tmp_path / "attn-only-2l.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        zoo.load(tmp_path)
+    with pytest.raises(ValueError, match="neither an embedded model"):
+        zoo.load("no-such-model")
+
+
+def test_training_is_deterministic(tmp_path):
+    a = zoo_train.train("attn-only-2l", steps=3, out_dir=tmp_path / "a", log_every=100)
+    b = zoo_train.train("attn-only-2l", steps=3, out_dir=tmp_path / "b", log_every=100)
+    assert a["sha256"] == b["sha256"]
+    assert a["loss_curve"] == b["loss_curve"]
