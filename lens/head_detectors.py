@@ -83,12 +83,18 @@ DETECTORS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 def repeated_tokens(
-    model: Any, seq_len: int, batch: int = 1, seed: int = 0, prepend_bos: bool = True
+    model: Any,
+    seq_len: int,
+    batch: int = 1,
+    seed: int = 0,
+    prepend_bos: bool = True,
+    token_ids: Sequence[int] | Tensor | None = None,
 ) -> Int[Tensor, "batch total"]:
     """Random tokens repeated once: ``[bos] + r + r`` with ``r`` of length ``seq_len`` per row.
 
-    Tokens are drawn uniformly from the vocabulary (special tokens of the tokenizer excluded); BOS
-    is the tokenizer's (no BOS without a tokenizer that has one). Seeded and deterministic.
+    Tokens are drawn uniformly from ``token_ids`` (default: the vocabulary without the tokenizer's
+    special tokens; pass e.g. printable characters for a byte-level model whose training text never
+    used the other bytes); BOS is the tokenizer's (no BOS without a tokenizer that has one). Seeded.
 
     >>> repeated_tokens(model, seq_len=10, batch=2).shape
     torch.Size([2, 21])
@@ -99,7 +105,12 @@ def repeated_tokens(
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     tok = getattr(model, "tokenizer", None)
     special = set() if tok is None else {tok.bos_token_id, tok.pad_token_id, *tok.eos_token_ids} - {None}
-    allowed = torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
+    if token_ids is None:
+        allowed = torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
+    else:
+        allowed = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        if allowed.numel() == 0 or int(allowed.min()) < 0 or int(allowed.max()) >= model.cfg.d_vocab:
+            raise ValueError(f"token_ids must be a non-empty set of ids in [0, d_vocab={model.cfg.d_vocab})")
     gen = torch.Generator().manual_seed(seed)
     half = allowed[torch.randint(0, len(allowed), (batch, seq_len), generator=gen)]
     out = torch.cat([half, half], dim=1)

@@ -202,8 +202,13 @@ class Tokenizer:
                 return candidate
         return 0
 
+    @property
+    def is_byte_level(self) -> bool:
+        """True for the built-in byte-level tokenizer (ids 0..255 are raw bytes)."""
+        return self._backend is None
+
     def __repr__(self) -> str:
-        kind = "byte_level" if self._backend is None else "tokenizers"
+        kind = "byte_level" if self.is_byte_level else "tokenizers"
         specials = f"bos={self._bos}, eos={self._eos}, pad={self._pad}"
         return f"Tokenizer({kind}, vocab_size={self._vocab_size}, {specials})"
 

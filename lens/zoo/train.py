@@ -51,10 +51,30 @@ def load_corpus() -> tuple[np.ndarray, np.ndarray, str]:
     return np.concatenate(train), np.concatenate(held), digest.hexdigest()
 
 
-def batches(data: np.ndarray, batch: int, seq: int, rng: np.random.Generator) -> torch.Tensor:
-    """A batch of ``seq``-byte windows starting with BOS (256), at seeded random offsets."""
+PRINTABLE = np.arange(32, 127)
+
+
+def batches(
+    data: np.ndarray, batch: int, seq: int, rng: np.random.Generator, repeat_fraction: float = 0.0
+) -> torch.Tensor:
+    """A batch of ``seq``-byte windows starting with BOS (256), at seeded random offsets.
+
+    With ``repeat_fraction > 0``, that fraction of windows gets a synthetic copy task: a random span of
+    printable ASCII (20-100 bytes) is written at two random, non-overlapping places. Predicting the second copy
+    rewards content-based induction (no fixed period, so no positional shortcut), which makes the induction
+    phase change happen within a CPU-minutes budget.
+    """
     starts = rng.integers(0, len(data) - seq, size=batch)
     windows = np.stack([data[s : s + seq - 1] for s in starts])
+    if repeat_fraction > 0:
+        chosen = rng.random(batch) < repeat_fraction
+        for i in np.flatnonzero(chosen):
+            length = int(rng.integers(20, 101))
+            first = int(rng.integers(0, seq - 1 - 2 * length))
+            second = int(rng.integers(first + length, seq - length))
+            span = rng.choice(PRINTABLE, size=length)
+            windows[i, first : first + length] = span
+            windows[i, second : second + length] = span
     return torch.from_numpy(np.concatenate([np.full((batch, 1), 256), windows], axis=1))
 
 
@@ -74,18 +94,12 @@ def held_out_loss(model, data: np.ndarray, seq: int, n_batches: int = 8, batch: 
 
 @torch.no_grad()
 def induction_scores(model, seq_len: int = 50, batch: int = 8, seed: int = 0) -> list[list[float]]:
-    """Per-head mean attention from each token of a repeated random sequence to the token after its
-    previous occurrence ([layer][head]); induction heads score near 1."""
-    g = torch.Generator().manual_seed(seed)
-    rand = torch.randint(0, 256, (batch, seq_len), generator=g)
-    tokens = torch.cat([torch.full((batch, 1), 256), rand, rand], dim=1)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    out = []
-    for layer in range(model.cfg.n_layers):
-        pattern = cache["pattern", layer]  # [b, h, q, k]
-        q = torch.arange(seq_len + 1, 2 * seq_len + 1)
-        out.append(pattern[:, :, q, q - seq_len + 1].mean(dim=(0, 2)).tolist())
-    return out
+    """Per-head induction scores ([layer][head]) on seeded repeated random byte sequences
+    (:func:`lens.head_detectors.induction_scores`); induction heads score near 1."""
+    from lens.head_detectors import induction_scores as scores
+    from lens.head_detectors import repeated_tokens
+
+    return scores(model, repeated_tokens(model, seq_len, batch=batch, seed=seed)).tolist()
 
 
 def train(name: str, steps: int | None = None, out_dir: Path = WEIGHTS_DIR, log_every: int = 50) -> dict:
@@ -104,7 +118,7 @@ def train(name: str, steps: int | None = None, out_dir: Path = WEIGHTS_DIR, log_
 def _train(name: str, steps: int | None, out_dir: Path, log_every: int) -> dict:
     from safetensors.torch import save_file
 
-    from lens import HookedTransformer, TransformerConfig
+    from lens import HookedTransformer, Tokenizer, TransformerConfig
 
     spec = SPECS[name]
     hp = dict(spec["train"])
@@ -115,7 +129,7 @@ def _train(name: str, steps: int | None, out_dir: Path, log_every: int) -> dict:
     torch.set_num_threads(2)
     train_data, held_data, corpus_sha = load_corpus()
     cfg = TransformerConfig(model_name=name, **spec["config"])
-    model = HookedTransformer(cfg, seed=hp["seed"])
+    model = HookedTransformer(cfg, tokenizer=Tokenizer.byte_level(), seed=hp["seed"])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -128,7 +142,8 @@ def _train(name: str, steps: int | None, out_dir: Path, log_every: int) -> dict:
     for step in range(hp["steps"]):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, hp["steps"], hp["lr"], hp["warmup"])
-        loss = model(batches(train_data, hp["batch"], hp["seq"], rng), return_type="loss")
+        tokens = batches(train_data, hp["batch"], hp["seq"], rng, hp.get("repeat_fraction", 0.0))
+        loss = model(tokens, return_type="loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
