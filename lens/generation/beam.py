@@ -88,6 +88,11 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
 
     cache = KVCache.for_model(model, B * nb, max_length, plan.kv_cache_dtype) if plan.use_cache else None
     logits = model._next_logits(tokens, mask, cache)
+    bar = None
+    if plan.verbose:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_new, desc="beam search")
     cur = P
     while True:
         log_probs = torch.log_softmax(logits, dim=-1)
@@ -133,6 +138,8 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
             token_lp = _gather(torch.cat((token_lp, topk_tok_lp), dim=1), best)
 
         cur += 1
+        if bar is not None:
+            bar.update(1)
         unsatisfied = _improvable(unsatisfied, running_scores, beam_scores, finished, cur - P, max_new, early, lp_pow)
         go_on = bool(unsatisfied.any()) and not (bool(finished.all()) and early is True) and not bool(hits.all())
         if not go_on:
@@ -144,6 +151,8 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
             flat = running_seq[:, :, :cur].reshape(B * nb, cur)
             logits = model._next_logits(flat, None if history_mask is None else history_mask[:, :cur], None)
 
+    if bar is not None:
+        bar.close()
     gen_len = (beam_idx[:, 0] >= 0).sum(-1)
     n = int(gen_len.max())
     out_lp = token_lp[:, 0, :n].clone() if track_lp else None

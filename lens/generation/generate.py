@@ -104,9 +104,11 @@ class _SampleRun:
         P = plan.prompt_len
         with torch.inference_mode():
             self._setup()
-            if plan.max_new == 0:
+            if plan.max_new == 0 and self.recorder is None:
                 return
             logits = self._forward(plan.tokens, plan.mask, self.cache, P, P)
+            if plan.max_new == 0:  # return_cache still records the prompt
+                return
         bar = None
         if plan.verbose:
             from tqdm.auto import tqdm
@@ -142,7 +144,10 @@ class GenerationMixin:
 
     @torch.inference_mode()
     def _next_logits(
-        self, tokens: Int[Tensor, "batch q"], attention_mask: Tensor | None, cache: KVCache | None
+        self,
+        tokens: Int[Tensor, "batch q"],
+        attention_mask: Tensor | None,
+        cache: KVCache | None,
     ) -> Float[Tensor, "batch vocab"]:
         """Float32 logits at the last position of one forward (no token-range check: callers did it)."""
         batch, q_len = tokens.shape
@@ -224,8 +229,8 @@ class GenerationMixin:
             raise ValueError("return_cache=True is not supported with beam search (num_beams > 1)")
         recorder = ActivationRecorder(self, keep) if keep is not None else None
         with self.hooks(fwd_hooks=recorder.hooks() if recorder is not None else ()):
-            if plan.num_beams > 1:
-                tokens, gen_len, logprobs = beam_search(self, plan)
+            if plan.num_beams > 1:  # (cloned outside inference mode: ordinary tensors for the caller)
+                tokens, gen_len, logprobs = (None if t is None else t.clone() for t in beam_search(self, plan))
             else:
                 run = _SampleRun(self, plan, recorder)
                 for _ in run:

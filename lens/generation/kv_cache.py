@@ -207,10 +207,12 @@ class KVCache:
         store, off = self.layers[layer], self.offset
         q = k.shape[1]
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [b, kv, q, dh]
+        if not store.quantized and not store.ring:  # the common case, kept lean: copy in, return a view
+            store.k.narrow(2, off, q).copy_(kt)
+            store.v.narrow(2, off, q).copy_(vt)
+            return store.k.narrow(2, 0, off + q).transpose(1, 2), store.v.narrow(2, 0, off + q).transpose(1, 2)
         if not store.ring:
             store.write(slice(off, off + q), kt, vt)
-            if not store.quantized:
-                return store.k[:, :, : off + q].transpose(1, 2), store.v[:, :, : off + q].transpose(1, 2)
             k_old, v_old = store.read(slice(0, off))
             return torch.cat((k_old, kt), 2).transpose(1, 2), torch.cat((v_old, vt), 2).transpose(1, 2)
         w = store.size

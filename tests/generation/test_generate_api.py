@@ -123,6 +123,12 @@ def test_return_cache_equals_one_forward_over_the_output(arch):
     cache["hook_embed"][0, 0] = 0.0  # an ordinary tensor, not an inference-mode one
 
 
+def test_return_cache_with_no_new_tokens_records_the_prompt(model):
+    toks = model.to_tokens("Hey")
+    out, _, cache = model.generate(toks, 0, return_cache=True, names_filter="blocks.0.hook_resid_post")
+    assert torch.equal(out, toks) and cache["resid_post", 0].shape == (1, 4, 32)
+
+
 def test_logprobs_are_the_models_log_softmax(model):
     out, logprobs, cache = model.generate("Hi", 6, stop_at_eos=False, output_logprobs=True, return_type="tokens")
     assert cache is None and isinstance(out, torch.Tensor)

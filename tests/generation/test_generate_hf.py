@@ -130,3 +130,4 @@ def test_beam_search_options_match_hf():
     )
     cached = model.generate(tokens, N_NEW, attention_mask=mask, num_beams=3, eos_token_id=eos)
     assert torch.equal(uncached, cached)
+    cached[0, 0] = 1  # an ordinary tensor (not an inference-mode one) comes back
