@@ -66,42 +66,46 @@ PATCHING = [
 ]
 
 INDUCTION = [
-    "# Induction heads on the embedded model\n\nReproduces the signature of induction heads (Olsson et al. 2022) "
-    "on `attn-only-2l`, trained by this repo on the Python standard library's source.",
+    "# Looking for induction heads in the embedded model\n\nThe induction-head analysis of Olsson et al. (2022), "
+    "run on `attn-only-2l` (trained by this repo on the Python standard library's source): in-context learning on "
+    "repeated random text, head detectors, attention patterns, ablation, and the OV circuit. The same cells work "
+    "on any lens model (e.g. GPT-2 loaded with `from_pretrained`). Note: this small model, trained for minutes on "
+    "CPU, has not reached the induction phase change (see docs/zoo.md), so the scores below are low; the "
+    "notebook shows how to measure it.",
     "import torch\nimport lens\nfrom lens import head_detectors, plot\n\nmodel = lens.zoo.load('attn-only-2l')\n"
     "report = lens.zoo.info('attn-only-2l')\n"
-    "print('held-out loss', report['held_out_loss'], 'nats/byte; trained in', report['train_seconds'], 's')",
-    "## In-context learning\nOn a random sequence repeated twice, loss collapses on the second copy.",
+    "print('held-out loss', report['held_out_loss'], 'nats/byte')",
+    "## In-context learning\nOn a random sequence repeated twice, a model with induction heads predicts the "
+    "second copy far better than the first.",
     "printable = list(range(32, 127))  # the bytes the model saw in training\n"
     "tokens = head_detectors.repeated_tokens(model, seq_len=50, batch=8, seed=0, token_ids=printable)\n"
     "with torch.no_grad():\n    per_token = model(tokens, return_type='loss', loss_per_token=True)\n"
     "first, second = per_token[:, 1:50].mean().item(), per_token[:, 51:].mean().item()\n"
     "print(f'first repeat {first:.2f}, second repeat {second:.2f} nats/token')\n"
-    "assert second < 0.5 * first\n"
     "plot.line(per_token.mean(0), title='Loss by position', x_title='Position', y_title='nats')",
-    "## Which heads?\nPrevious-token heads in layer 0 and induction heads in layer 1 (K-composition).",
+    "## Head detectors\nPrevious-token, duplicate-token and induction scores for every head, from one forward.",
     "_, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))\n"
     "scores = head_detectors.detect_heads(model, tokens, cache=cache)\n"
     "for kind, s in scores.items():\n    print(kind, s.round(decimals=2).tolist())\n"
     "layer, head = divmod(int(scores['induction'].argmax()), model.cfg.n_heads)\n"
-    "print(f'strongest induction head: L{layer}H{head}')\n"
+    "print(f'highest induction score: L{layer}H{head} = {scores[\"induction\"][layer, head]:.3f}')\n"
     "plot.imshow(scores['induction'], title='Induction score', x_title='Head', y_title='Layer', zmid=None)",
     "plot.attention_patterns(cache['pattern', layer][0, :, :40, :40], model.to_str_tokens(tokens[0, :40]),\n"
     "                        heads=[head], title=f'L{layer}H{head} (first 40 positions)')",
-    "## Ablating the induction head\nZero-ablating the strongest head raises the second-repeat loss.",
+    "## Ablating a head\nZero-ablate the highest-scoring head and compare the loss on the second repeat.",
     "def ablate(z, hook):\n    z[:, :, head] = 0\n    return z\n\n"
     "with torch.no_grad():\n"
     "    ablated = model.run_with_hooks(tokens, return_type='loss', loss_per_token=True,\n"
     "                                   fwd_hooks=[(f'blocks.{layer}.attn.hook_z', ablate)])\n"
     "print(f'second repeat: {second:.2f} -> {ablated[:, 51:].mean():.2f} with L{layer}H{head} ablated')",
-    "## The circuit in the weights\nThe OV circuit of an induction head copies: its full OV circuit "
-    "`W_E W_OV W_U` has a strongly positive diagonal.",
+    "## The circuit in the weights\nAn induction head's OV circuit copies: its full OV circuit `W_E W_OV W_U` "
+    "maps each token to itself. Measure how often that holds for this head.",
     "ov = model.OV[layer, head]                      # FactoredMatrix [d_model, d_model]\n"
     "full = (model.W_E @ ov @ model.W_U).AB           # [d_vocab, d_vocab]\n"
     "letters = torch.tensor(list(b'abcdefghijklmnopqrstuvwxyz'))\n"
     "sub = full[letters][:, letters]\n"
     "top1 = (sub.argmax(-1) == torch.arange(26)).float().mean().item()\n"
-    "print(f'for {top1:.0%} of letters the OV circuit maps the letter to itself (top-1)')",
+    "print(f'for {top1:.0%} of letters the OV circuit maps the letter to itself (top-1); chance is 4%')",
 ]
 
 GENERATION = [
