@@ -45,9 +45,7 @@ def test_attention_patterns_slider():
         np.testing.assert_allclose(_z(trace), pattern[h].numpy(), rtol=1e-6)
         _assert_unique(trace.x, 5)
         assert list(trace.x) == list(trace.y)
-        assert (
-            "%{y}" in trace.hovertemplate and "%{x}" in trace.hovertemplate and "%{z" in trace.hovertemplate
-        )
+        assert "%{y}" in trace.hovertemplate and "%{x}" in trace.hovertemplate and "%{z" in trace.hovertemplate
     assert list(fig.data[0].x)[1] == "1:  the" and list(fig.data[0].x)[3] == "3:  the"
     assert [t.visible for t in fig.data] == [True, False, False]
     assert len(fig.layout.sliders[0].steps) == 3

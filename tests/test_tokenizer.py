@@ -37,9 +37,7 @@ def bpe_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tk.train_from_iterator(CORPUS, trainer=trainer)
-    tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))]
-    )
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
     tk.enable_truncation(max_length=3)  # must be switched off by the wrapper
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     tk.save(str(path))
@@ -117,9 +115,7 @@ def test_encode_batch_padding(side: str) -> None:
     for row, ids in enumerate(rows):
         pad = [258] * (4 - len(ids))
         expected = ids + pad if side == "right" else pad + ids
-        expected_mask = (
-            [1] * len(ids) + [0] * len(pad) if side == "right" else [0] * len(pad) + [1] * len(ids)
-        )
+        expected_mask = [1] * len(ids) + [0] * len(pad) if side == "right" else [0] * len(pad) + [1] * len(ids)
         assert tokens[row].tolist() == expected
         assert mask[row].tolist() == expected_mask
     assert tok.decode(tokens[1], skip_special_tokens=True) == "é"
@@ -181,9 +177,7 @@ def test_from_directory_discovers_special_tokens(bpe_dir: Path) -> None:
 def test_from_directory_special_map_and_config(bpe_dir: Path) -> None:
     raw = HFTokenizer.from_file(str(bpe_dir / "tokenizer.json"))
     eot, eos = raw.token_to_id("<|eot|>"), raw.token_to_id("</s>")
-    _write_json(
-        bpe_dir / "special_tokens_map.json", {"pad_token": {"content": "<pad>"}, "eos_token": "<|eot|>"}
-    )
+    _write_json(bpe_dir / "special_tokens_map.json", {"pad_token": {"content": "<pad>"}, "eos_token": "<|eot|>"})
     _write_json(bpe_dir / "config.json", {"eos_token_id": [eos, eot], "pad_token_id": -1})
     with pytest.warns(UserWarning, match="pad_token_id"):
         tok = Tokenizer.from_directory(bpe_dir)
