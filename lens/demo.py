@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
-    stages = tqdm(total=6, desc="lens demo", unit="step", leave=False)
+    stages = tqdm(total=5, desc="lens demo", unit="step", leave=False)
     model = load_model(args.model)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     stages.update()
@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     stages.update()
 
+    stages.update()
+    stages.close()
+
     # 5. summary
     print(f"model: {model}")
     print("\ninduction score per head (attention to the token after the previous copy; 1 = perfect):")
@@ -148,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ngenerated (KV cache, T=0.7, top-p 0.95, seed {args.seed}):\n{sample}")
 
     # 6. report
-    stages.set_description("report")
     if not args.no_report:
         str_rep = model.to_str_tokens(rep[0])
         figs = [
@@ -167,7 +169,5 @@ def run(args: argparse.Namespace) -> int:
             args.out, model=model, seeds=args.seed, hooks=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_pre"]
         )
         print(f"\nreport: {report}\nmanifest: {manifest}")
-    stages.update()
-    stages.close()
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
