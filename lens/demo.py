@@ -124,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, return_type="str",
     )  # fmt: skip
     stages.update()
-
-    stages.update()
     stages.close()
 
     # 5. summary
