@@ -14,8 +14,8 @@ bf16 checkpoint loads as float32, as ``transformers`` does.
 Long-context models load with ``n_ctx = min(n_ctx_trained, 4096)``; ``context_size_override`` picks
 any context up to the trained maximum.
 
->>> model = from_pretrained("checkpoints/pythia-70m", dtype="bf16")          # doctest: +SKIP
->>> model = from_pretrained("checkpoints/mistral-7b", context_size_override=16384)  # doctest: +SKIP
+>>> model = from_pretrained(Path("checkpoints/pythia-70m"), dtype="bf16")  # a local directory  # doctest: +SKIP
+>>> model = from_pretrained(Path("checkpoints/mistral-7b"), context_size_override=16384)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def from_pretrained(
         ValueError: unsupported architecture, corrupt or mismatched checkpoint, bad dtype or context.
         TypeError: a source, dtype or context_size_override of the wrong type.
 
-    >>> model = from_pretrained("checkpoints/gpt2", fold_ln=True, center_writing_weights=True)  # doctest: +SKIP
+    >>> model = from_pretrained(Path("checkpoints/gpt2"), fold_ln=True, center_writing_weights=True)  # doctest: +SKIP
     """
     from lens.model import HookedTransformer
 

@@ -115,7 +115,7 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
         (``center_writing_weights`` without LayerNorm) raises ValueError before loading, and
         ``fold_value_biases`` without value biases is a no-op. Errors leave nothing half-loaded.
 
-        >>> model = HookedTransformer.from_pretrained("checkpoints/pythia-160m", fold_ln=True)  # doctest: +SKIP
+        >>> model = HookedTransformer.from_pretrained(Path("checkpoints/pythia-160m"), fold_ln=True)  # doctest: +SKIP
         """
         from lens.loading import from_pretrained
 
