@@ -24,10 +24,6 @@ from lens.config import TransformerConfig
 from lens.hooks import HookPoint
 
 
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer_idx: int):
         super().__init__()
