@@ -12,11 +12,15 @@ COMMON: dict[str, Any] = dict(d_vocab=259, n_ctx=256, default_prepend_bos=True, 
 
 SPECS: dict[str, dict[str, Any]] = {
     "attn-only-2l": {
-        "description": "2-layer attention-only transformer (8 heads/layer) for circuit analysis",
-        "config": dict(COMMON, n_layers=2, d_model=128, n_heads=8, attn_only=True, normalization="LN"),
-        # repeat_fraction (synthetic copy spans, see train.batches) is available but off: runs of up to
-        # 2500 steps with it did not reach the induction phase change on 2 CPU cores (see docs/zoo.md).
-        "train": dict(steps=1000, batch=16, seq=256, lr=3e-3, warmup=100, weight_decay=0.01, seed=0),
+        "description": "2-layer attention-only transformer (4 heads/layer, rotary) for circuit analysis",
+        "config": dict(
+            COMMON, n_layers=2, d_model=128, n_heads=4, attn_only=True, normalization="LN", positional="rotary"
+        ),
+        # repeat_fraction: synthetic copy spans (see train.batches), meant to hasten the induction phase change;
+        # 6000 steps were not enough to reach it (see docs/zoo.md).
+        "train": dict(
+            steps=6000, batch=16, seq=256, lr=1e-3, warmup=200, weight_decay=0.01, seed=0, repeat_fraction=1.0
+        ),
     },
     "gelu-4l": {
         "description": "4-layer transformer with GELU MLPs (d_model 128, d_mlp 512)",
