@@ -322,8 +322,7 @@ def _not_a_directory(path: Path) -> Exception:
     name = str(path)
     return FileNotFoundError(
         f"{name!r} is not a local directory. lens never downloads: fetch the checkpoint first, e.g. "
-        f"`huggingface-cli download {name} --local-dir ./{Path(name).name}` or "
-        f"`huggingface_hub.snapshot_download({name!r}, local_dir=...)`, then pass that directory "
+        f"`huggingface-cli download {name} --local-dir ./{Path(name).name}`, then pass that directory "
         "(or pass a transformers model object)"
     )
 
