@@ -66,12 +66,10 @@ PATCHING = [
 ]
 
 INDUCTION = [
-    "# Looking for induction heads in the embedded model\n\nThe induction-head analysis of Olsson et al. (2022), "
-    "run on `attn-only-2l` (trained by this repo on the Python standard library's source): in-context learning on "
-    "repeated random text, head detectors, attention patterns, ablation, and the OV circuit. The same cells work "
-    "on any lens model (e.g. GPT-2 loaded with `from_pretrained`). Note: this small model, trained for minutes on "
-    "CPU, has not reached the induction phase change (see docs/zoo.md), so the scores below are low; the "
-    "notebook shows how to measure it.",
+    "# Induction heads on the embedded model\n\nReproduces the signature of induction heads (Olsson et al. 2022) "
+    "on `attn-only-2l`, trained by this repo on the Python standard library's source (see docs/zoo.md): in-context "
+    "learning on repeated random text, head detectors, attention patterns, ablation, and the OV circuit. The same "
+    "cells work on any lens model.",
     "import torch\nimport lens\nfrom lens import head_detectors, plot\n\nmodel = lens.zoo.load('attn-only-2l')\n"
     "report = lens.zoo.info('attn-only-2l')\n"
     "print('held-out loss', report['held_out_loss'], 'nats/byte')",
@@ -82,6 +80,7 @@ INDUCTION = [
     "with torch.no_grad():\n    per_token = model(tokens, return_type='loss', loss_per_token=True)\n"
     "first, second = per_token[:, 1:50].mean().item(), per_token[:, 51:].mean().item()\n"
     "print(f'first repeat {first:.2f}, second repeat {second:.2f} nats/token')\n"
+    "assert second < 0.5 * first\n"
     "plot.line(per_token.mean(0), title='Loss by position', x_title='Position', y_title='nats')",
     "## Head detectors\nPrevious-token, duplicate-token and induction scores for every head, from one forward.",
     "_, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))\n"

@@ -31,6 +31,19 @@ def test_load_reproduces_recorded_metrics(name):
     torch.testing.assert_close(torch.tensor(recomputed), torch.tensor(report["induction_scores"]), atol=1e-3, rtol=0)
 
 
+def test_attn_only_model_has_induction_heads_and_learns_in_context():
+    model = zoo.load("attn-only-2l")
+    scores = torch.tensor(zoo.info("attn-only-2l")["induction_scores"])
+    assert scores[1].max() > 0.3, f"layer 1 should hold an induction head, scores {scores.tolist()}"
+    g = torch.Generator().manual_seed(1)
+    rand = torch.randint(32, 127, (4, 60), generator=g)  # printable ASCII, as in the training text
+    tokens = torch.cat([torch.full((4, 1), 256), rand, rand], dim=1)
+    with torch.no_grad():
+        per_token = model(tokens, return_type="loss", loss_per_token=True)
+    first, second = per_token[:, :60].mean(), per_token[:, 61:].mean()
+    assert second < 0.5 * first, f"in-context learning: first repeat {first:.2f}, second {second:.2f}"
+
+
 def test_trained_models_predict_python_source():
     """Both models beat a byte-unigram baseline on held-out standard-library text by a wide margin."""
     import numpy as np
@@ -45,18 +58,20 @@ def test_trained_models_predict_python_source():
         assert loss < unigram - 1.0, f"{name}: held-out {loss:.2f} vs unigram {unigram:.2f}"
 
 
-def test_copy_augmentation_writes_each_span_twice():
+def test_copy_augmentation_tiles_a_printable_span():
     import numpy as np
 
-    data = np.full(10_000, 7, dtype=np.int64)  # a non-printable byte: spans stand out
-    tokens = zoo_train.batches(data, batch=4, seq=256, rng=np.random.default_rng(0), repeat_fraction=1.0)
-    assert tokens.shape == (4, 256) and (tokens[:, 0] == 256).all()
+    data = np.full(10_000, 7, dtype=np.int64)  # a non-printable byte: augmented windows stand out
+    tokens = zoo_train.batches(data, batch=6, seq=256, rng=np.random.default_rng(0), repeat_fraction=1.0)
+    assert tokens.shape == (6, 256) and (tokens[:, 0] == 256).all()
+    periods = set()
     for row in tokens[:, 1:]:
-        printable = (row != 7).nonzero().flatten()
-        span = row[printable]
-        assert len(span) % 2 == 0 and len(span) >= 40
-        half = len(span) // 2
-        torch.testing.assert_close(span[:half], span[half:])
+        assert ((row >= 32) & (row < 127)).all()
+        period = next(p for p in range(5, 61) if torch.equal(row[p:], row[:-p]))
+        periods.add(period)
+    assert len(periods) > 1, "the period varies between windows (no positional shortcut)"
+    plain = zoo_train.batches(data, batch=6, seq=256, rng=np.random.default_rng(0))
+    assert (plain[:, 1:] == 7).all()
 
 
 def test_tampered_weights_are_rejected(tmp_path):

@@ -59,22 +59,18 @@ def batches(
 ) -> torch.Tensor:
     """A batch of ``seq``-byte windows starting with BOS (256), at seeded random offsets.
 
-    With ``repeat_fraction > 0``, that fraction of windows gets a synthetic copy task: a random span of
-    printable ASCII (20-100 bytes) is written at two random, non-overlapping places. Predicting the second copy
-    rewards content-based induction (no fixed period, so no positional shortcut), which makes the induction
-    phase change happen within a CPU-minutes budget.
+    With ``repeat_fraction > 0``, that fraction of windows is replaced by a synthetic copy task: a random span
+    of printable ASCII (5-60 bytes) tiled across the whole window. Predicting each repeat rewards
+    content-based induction (the period varies, so no positional shortcut), and the dense repeats make the
+    induction phase change happen within a CPU-minutes budget (two copies per window were not enough).
     """
     starts = rng.integers(0, len(data) - seq, size=batch)
     windows = np.stack([data[s : s + seq - 1] for s in starts])
     if repeat_fraction > 0:
         chosen = rng.random(batch) < repeat_fraction
         for i in np.flatnonzero(chosen):
-            length = int(rng.integers(20, 101))
-            first = int(rng.integers(0, seq - 1 - 2 * length))
-            second = int(rng.integers(first + length, seq - length))
-            span = rng.choice(PRINTABLE, size=length)
-            windows[i, first : first + length] = span
-            windows[i, second : second + length] = span
+            span = rng.choice(PRINTABLE, size=int(rng.integers(5, 61)))
+            windows[i] = np.resize(span, seq - 1)
     return torch.from_numpy(np.concatenate([np.full((batch, 1), 256), windows], axis=1))
 
 
@@ -94,12 +90,13 @@ def held_out_loss(model, data: np.ndarray, seq: int, n_batches: int = 8, batch: 
 
 @torch.no_grad()
 def induction_scores(model, seq_len: int = 50, batch: int = 8, seed: int = 0) -> list[list[float]]:
-    """Per-head induction scores ([layer][head]) on seeded repeated random byte sequences
+    """Per-head induction scores ([layer][head]) on seeded repeated random printable-ASCII sequences
     (:func:`lens.head_detectors.induction_scores`); induction heads score near 1."""
     from lens.head_detectors import induction_scores as scores
     from lens.head_detectors import repeated_tokens
 
-    return scores(model, repeated_tokens(model, seq_len, batch=batch, seed=seed)).tolist()
+    tokens = repeated_tokens(model, seq_len, batch=batch, seed=seed, token_ids=PRINTABLE.tolist())
+    return scores(model, tokens).tolist()
 
 
 def train(name: str, steps: int | None = None, out_dir: Path = WEIGHTS_DIR, log_every: int = 50) -> dict:
