@@ -56,8 +56,10 @@ PATCHING = [
     "heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, recovered,\n"
     "                                                      labelled=True)\n"
     "heads.figure(title='Head output patching (all positions)')",
-    "## Attribution patching\nOne clean forward, one corrupted forward and backward: a linear estimate for "
-    "every site at once. It tracks real patching closely here.",
+    "## Attribution patching\nOne clean forward, one corrupted forward and backward: a linear (gradient) estimate "
+    "for every site at once. It is reliable where the metric is close to linear in the activation, and poor for "
+    "large, nonlinear changes such as swapping which earlier token an induction head attends to; always compare "
+    "with real patching on the sites that matter, as below.",
     "attr = attribution.get_attr_patch_resid_pre(model, corrupted_tokens, clean_cache, recovered, labelled=True)\n"
     "real, est = resid.values.flatten(), attr.values.flatten()\n"
     "corr = torch.corrcoef(torch.stack([real, est]))[0, 1].item()\n"
