@@ -182,6 +182,10 @@ def bench_long_context(seq: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter sequence (smoke test)")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="call lens.utils.keep_freed_memory() first (opt-in tuning)"
+    )
+    parser.add_argument("--skip-long", action="store_true", help="only the GPT-2-small measurements")
     parser.add_argument("--worker", choices=["hf", "lens", "tl", "tl-gpt2"], help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
@@ -198,6 +202,10 @@ def main() -> None:
         return
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", file=sys.stderr)
+    if args.keep_freed_memory:
+        import lens
+
+        print(f"lens.utils.keep_freed_memory(): {lens.utils.keep_freed_memory()} (applies to every contender)")
     g = bench_gpt2(repeats=3 if args.quick else 10)
     print("GPT-2-small shape, fp32 CPU, batch 8 x 128")
     print(f"  HF forward           {g['hf_s'] * 1e3:8.1f} ms")
@@ -207,6 +215,9 @@ def main() -> None:
         f"cache/plain = {g['cache_over_plain']:.3f}  (target <= 1.15)"
     )
     print(f"  max |logit diff| vs HF: {g['max_abs_logit_diff']:.2e}")
+    if args.skip_long:
+        print(json.dumps({"gpt2": g}))
+        return
     seq = 2048 if args.quick else args.seq
     m = bench_long_context(seq, repeats=1 if args.quick else args.repeats)
     print(f"Mistral-shaped narrow model (8 layers, d_model 256, GQA 8/2, window 4096), 1 x {seq} tokens")

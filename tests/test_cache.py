@@ -67,3 +67,16 @@ def test_names_filter_forms():
     assert set(two.keys()) == {"hook_embed", "blocks.1.attn.hook_z"}
     fn = model.run_with_cache(toks, names_filter=lambda n: n.endswith("resid_post"))[1]
     assert set(fn.keys()) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+
+
+def test_keep_freed_memory_opt_in():
+    import platform
+
+    import pytest
+
+    from lens.utils import keep_freed_memory
+
+    with pytest.raises(ValueError, match="max_bytes"):
+        keep_freed_memory(0)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory() is True
