@@ -133,10 +133,9 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     for layer in range(n_layers):
         print(f"{layer:5d} " + " ".join(f"{induction[layer, h]:6.2f}" for h in range(n_heads)))
+    prev = divmod(int(scores["previous_token"].argmax()), n_heads)
     print(f"strongest induction head: L{best[0]}H{best[1]} (score {induction[best].item():.2f}); "
-          f"strongest previous-token head: "
-          f"L{divmod(int(scores['previous_token'].argmax()), n_heads)[0]}"
-          f"H{divmod(int(scores['previous_token'].argmax()), n_heads)[1]}")  # fmt: skip
+          f"strongest previous-token head: L{prev[0]}H{prev[1]}")  # fmt: skip
     print(f"\nin-context learning on 8 repeated random sequences of 50 bytes: loss {first:.2f} nats/token on "
           f"the first repeat, {second:.2f} on the second ({first / max(second, 1e-9):.1f}x lower)")  # fmt: skip
     vals = result.values

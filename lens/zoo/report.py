@@ -35,6 +35,7 @@ def markdown() -> str:
             + f", {cfg['normalization']}, {cfg['positional']} positions, n_ctx {cfg['n_ctx']}"
         )
         tokens = hp["steps"] * hp["batch"] * hp["seq"]
+        curve = r["loss_curve"][:: max(1, len(r["loss_curve"]) // 10)]  # about ten points of the logged curve
         lines += [
             "",
             f"## `{name}`",
@@ -62,11 +63,9 @@ def markdown() -> str:
             "",
             "Loss curve (training loss at logged steps):",
             "",
-            "| step | " + " | ".join(str(s) for s, _ in r["loss_curve"][:: max(1, len(r["loss_curve"]) // 10)]) + " |",
-            "| --- | " + " | ".join("---" for _ in r["loss_curve"][:: max(1, len(r["loss_curve"]) // 10)]) + " |",
-            "| loss | "
-            + " | ".join(f"{v:.2f}" for _, v in r["loss_curve"][:: max(1, len(r["loss_curve"]) // 10)])
-            + " |",
+            "| step | " + " | ".join(str(s) for s, _ in curve) + " |",
+            "| --- | " + " | ".join("---" for _ in curve) + " |",
+            "| loss | " + " | ".join(f"{v:.2f}" for _, v in curve) + " |",
             "",
             "Induction score per head:",
             "",
