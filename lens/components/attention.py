@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lens.components.linear import input_major, linear
 from lens.components.masking import AttentionContext
 from lens.components.rotary import apply_rotary
 from lens.config import TransformerConfig
@@ -45,9 +46,9 @@ class Attention(nn.Module):
         self.window = cfg.layer_window(layer_idx)
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else dh**-0.5
         kw = dict(dtype=cfg.dtype, device=cfg.device)
-        self.qkv_weight = nn.Parameter(torch.empty((h + 2 * kv) * dh, d, **kw))
+        self.qkv_weight = input_major((h + 2 * kv) * dh, d, **kw)
         self.qkv_bias = nn.Parameter(torch.zeros((h + 2 * kv) * dh, **kw)) if cfg.qkv_bias else None
-        self.o_weight = nn.Parameter(torch.empty(d, h * dh, **kw))
+        self.o_weight = input_major(d, h * dh, **kw)
         self.o_bias = nn.Parameter(torch.zeros(d, **kw)) if cfg.attn_out_bias else None
 
         self.hook_q = HookPoint()
@@ -120,7 +121,7 @@ class Attention(nn.Module):
         w = self._split(self.qkv_weight)[i]
         b = None if self.qkv_bias is None else self._split(self.qkv_bias)[i]
         if x.ndim == 3:
-            return F.linear(x, w, b).unflatten(-1, (n, self.cfg.d_head))
+            return linear(x, w, b).unflatten(-1, (n, self.cfg.d_head))
         out = torch.einsum("bpnd,nkd->bpnk", x, w.view(n, self.cfg.d_head, self.cfg.d_model))
         return out if b is None else out + b.view(n, self.cfg.d_head)
 
@@ -134,7 +135,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         h, kv, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
         if key_input is None and query_input.ndim == 3:
-            qkv = F.linear(query_input, self.qkv_weight, self.qkv_bias)
+            qkv = linear(query_input, self.qkv_weight, self.qkv_bias)
             q, k, v = qkv.split([h * dh, kv * dh, kv * dh], dim=-1)
             q, k, v = q.unflatten(-1, (h, dh)), k.unflatten(-1, (kv, dh)), v.unflatten(-1, (kv, dh))
         else:
@@ -168,7 +169,7 @@ class Attention(nn.Module):
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h k, h k d -> b p h d"))
             out = result.sum(dim=2)
             return out if self.o_bias is None else out + self.o_bias
-        return F.linear(z.reshape(*z.shape[:2], h * dh), self.o_weight, self.o_bias)
+        return linear(z.reshape(*z.shape[:2], h * dh), self.o_weight, self.o_bias)
 
     def _fused_attention(
         self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int, key_pos: Tensor | None = None

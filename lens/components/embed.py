@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from lens.components.linear import input_major, linear
 from lens.config import TransformerConfig
 
 
@@ -59,7 +60,7 @@ class Unembed(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.weight = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype, device=cfg.device))
+        self.weight = input_major(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
         self.bias = (
             nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype, device=cfg.device)) if cfg.unembed_bias else None
         )
@@ -75,4 +76,4 @@ class Unembed(nn.Module):
         return self.bias
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lens.components.linear import input_major, linear
 from lens.config import TransformerConfig
 from lens.hooks import HookPoint
 
@@ -41,12 +42,12 @@ class MLP(nn.Module):
         self.cfg = cfg
         kw = dict(dtype=cfg.dtype, device=cfg.device)
         self.act = activation(cfg.act_fn)
-        self.in_weight = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, **kw))
+        self.in_weight = input_major(cfg.d_mlp, cfg.d_model, **kw)
         self.in_bias = nn.Parameter(torch.zeros(cfg.d_mlp, **kw)) if cfg.mlp_bias else None
         if cfg.gated_mlp:
-            self.gate_weight = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, **kw))
+            self.gate_weight = input_major(cfg.d_mlp, cfg.d_model, **kw)
             self.gate_bias = nn.Parameter(torch.zeros(cfg.d_mlp, **kw)) if cfg.mlp_bias else None
-        self.out_weight = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, **kw))
+        self.out_weight = input_major(cfg.d_model, cfg.d_mlp, **kw)
         self.out_bias = nn.Parameter(torch.zeros(cfg.d_model, **kw)) if cfg.mlp_bias else None
         self.hook_pre = HookPoint()
         if cfg.gated_mlp:
@@ -78,10 +79,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         if self.cfg.gated_mlp:
-            pre = self.hook_pre(F.linear(x, self.gate_weight, self.gate_bias))
-            pre_linear = self.hook_pre_linear(F.linear(x, self.in_weight, self.in_bias))
+            pre = self.hook_pre(linear(x, self.gate_weight, self.gate_bias))
+            pre_linear = self.hook_pre_linear(linear(x, self.in_weight, self.in_bias))
             post = self.hook_post(self.act(pre) * pre_linear)
         else:
-            pre = self.hook_pre(F.linear(x, self.in_weight, self.in_bias))
+            pre = self.hook_pre(linear(x, self.in_weight, self.in_bias))
             post = self.hook_post(self.act(pre))
-        return F.linear(post, self.out_weight, self.out_bias)
+        return linear(post, self.out_weight, self.out_bias)
