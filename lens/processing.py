@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lens.components.linear import input_major
 from lens.config import TransformerConfig
 
 __all__ = [
@@ -148,7 +149,9 @@ def _ensure_mlp_biases(model) -> None:
 def untie_embeddings(model) -> None:
     """Give the unembedding its own copy of a tied embedding matrix (``cfg.tie_word_embeddings=False``)."""
     if model.unembed.weight is model.embed.weight or model.cfg.tie_word_embeddings:
-        model.unembed.weight = nn.Parameter(model.embed.weight.detach().clone())
+        w = model.embed.weight
+        model.unembed.weight = input_major(*w.shape, dtype=w.dtype, device=w.device)
+        model.unembed.weight.detach().copy_(w)
         model.cfg.tie_word_embeddings = False
 
 
