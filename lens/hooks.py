@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import difflib
 import functools
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+from lens.activation_pool import ActivationPool
 
 HookFn = Callable[..., Any]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -284,22 +287,46 @@ class HookedRootModule(nn.Module):
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
         cache: dict[str, torch.Tensor] | None = None,
+        pool: ActivationPool | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[HookSpec], list[HookSpec]]:
-        """Hooks that store activations (and gradients as ``name + "_grad"``) into a dict."""
+        """Hooks that store activations (and gradients as ``name + "_grad"``) into a dict.
+
+        With a ``pool`` (see :mod:`lens.activation_pool`) each activation is copied into recycled
+        memory; an activation seen by several hook points (``resid_post`` of one block is ``resid_pre``
+        of the next) is copied once and shared, as without a pool.
+        """
         cache = {} if cache is None else cache
         keep = self.names_filter_fn(names_filter)
+        copies: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+        def pooled(tensor: torch.Tensor) -> torch.Tensor:
+            seen = copies.get(id(tensor))
+            if seen is not None and seen[0]() is tensor:
+                return seen[1]
+            out = pool.take(tensor.detach())
+            copies[id(tensor)] = (weakref.ref(tensor), out)
+            return out
 
         def save(tensor: torch.Tensor, hook: HookPoint, suffix: str = "") -> None:
             t = tensor.detach()
             if remove_batch_dim:
                 t = t[0]
-            cache[hook.name + suffix] = t.to(device) if device is not None else t
+            moved = t.to(device) if device is not None else t
+            if moved is t and pool is not None and pool.enabled:
+                moved = pooled(tensor)[0] if remove_batch_dim else pooled(tensor)
+            cache[hook.name + suffix] = moved
 
         save.read_only = True  # lets components keep fused kernels (see HookPoint.may_edit)
         names = [n for n in self.hook_dict if keep(n)]
         fwd = [(n, save) for n in names]
         bwd = [(n, functools.partial(save, suffix="_grad")) for n in names] if incl_bwd else []
         return cache, fwd, bwd
+
+    def clear_activation_pool(self) -> None:
+        """Release the memory ``run_with_cache`` keeps for reuse (see :mod:`lens.activation_pool`)."""
+        pool = self.__dict__.get("_activation_pool")
+        if pool is not None:
+            pool.clear()
 
     def run_with_cache(
         self,
@@ -309,6 +336,7 @@ class HookedRootModule(nn.Module):
         remove_batch_dim: bool = False,
         incl_bwd: bool = False,
         reset_hooks_end: bool = True,
+        reuse_memory: bool = True,
         **kwargs: Any,
     ) -> tuple[Any, Any]:
         """Run the forward and return ``(output, ActivationCache)`` of the selected activations.
@@ -316,6 +344,9 @@ class HookedRootModule(nn.Module):
         ``names_filter``: None (all), a hook name, a list of names, or ``fn(name) -> bool``.
         ``incl_bwd=True`` also backpropagates ``output`` (which must then be a scalar, e.g.
         ``return_type="loss"``) and stores gradients under ``name + "_grad"``.
+        ``reuse_memory=True`` (default) copies CPU activations into memory recycled from earlier caches
+        that are gone, instead of keeping the forward's own tensors (see :mod:`lens.activation_pool`;
+        ``model.clear_activation_pool()`` releases it); ``False`` keeps references, as TransformerLens does.
 
         >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "pattern" in n)
         >>> cache["pattern", 0].shape  # [batch, head, query_pos, key_pos]
@@ -326,7 +357,13 @@ class HookedRootModule(nn.Module):
             batch = _batch_size(args, kwargs)
             if batch is not None and batch != 1:
                 raise ValueError(f"remove_batch_dim=True needs batch size 1, got {batch}")
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        pool = None
+        if reuse_memory:
+            pool = self.__dict__.get("_activation_pool")
+            if pool is None:
+                pool = self.__dict__["_activation_pool"] = ActivationPool()
+            pool.new_call()
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pool=pool)
         with self.hooks(fwd, bwd, reset_hooks_end):
             out = self(*args, **kwargs)
             if incl_bwd:

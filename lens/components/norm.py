@@ -34,6 +34,10 @@ class LayerNorm(nn.Module):
         if not self.hook_scale.has_hooks:
             return self.hook_normalized(F.layer_norm(x, (self.d,), self.w, self.b, self.eps))
         if not self.hook_scale.may_edit:  # read-only observers (caching): fused kernel + reported scale
+            if x.dtype in (torch.float32, torch.float64):  # the kernel's own 1/scale, at no extra pass
+                out, _, rstd = torch.native_layer_norm(x, (self.d,), self.w, self.b, self.eps)
+                self.hook_scale(rstd.reciprocal())
+                return self.hook_normalized(out)
             out = F.layer_norm(x, (self.d,), self.w, self.b, self.eps)
             var = torch.var_mean(x.float(), dim=-1, keepdim=True, correction=0)[0]
             self.hook_scale((var + self.eps).sqrt().to(x.dtype if x.dtype == torch.float64 else torch.float32))
