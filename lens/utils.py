@@ -91,12 +91,13 @@ def lm_cross_entropy_loss(
 def keep_freed_memory(max_bytes: int = 8 * 2**30) -> bool:
     """Opt-in: ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
-    Why: caching many activations (``run_with_cache``) allocates fresh tensors every call; by default glibc
-    hands large freed blocks back to the OS, so the next call page-faults and zero-fills them again, which
-    costs 20-40% of a GPT-2-small forward on a 2-core VM (docs/benchmarks.md). Raising the trim threshold
-    to ``max_bytes`` lets freed blocks be reused. The process then keeps its peak resident memory
-    instead of shrinking. Process-wide, so lens never does this by itself. Returns False where it does not
-    apply (not glibc); the same effect is available as the ``MALLOC_TRIM_THRESHOLD_`` environment variable.
+    Why: by default glibc hands large freed blocks back to the OS, so the next allocation of that size
+    page-faults and zero-fills them again. ``run_with_cache`` already avoids this for cached activations
+    (:mod:`lens.activation_pool`); this goes further, for every allocation of the process up to 32 MiB
+    (the mmap threshold is pinned there, the trim threshold raised to ``max_bytes``). The process then keeps
+    its peak resident memory instead of shrinking. Process-wide, so lens never does this by itself. Returns
+    False where it does not apply (not glibc); the environment variables ``MALLOC_TRIM_THRESHOLD_`` and
+    ``MALLOC_MMAP_THRESHOLD_`` do the same.
 
     >>> lens.utils.keep_freed_memory()
     True
@@ -114,5 +115,9 @@ def keep_freed_memory(max_bytes: int = 8 * 2**30) -> bool:
         return False
     if mallopt is None:
         return False
-    m_trim_threshold = -1  # glibc's mmap threshold stays dynamic (it grows to the blocks being freed)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # Setting the trim threshold turns off glibc's dynamic mmap threshold, which would leave every block
+    # over 128 KiB to mmap/munmap (page faults on each allocation): pin it at glibc's 32 MiB maximum.
+    if not mallopt(m_mmap_threshold, ctypes.c_int(32 * 2**20)):
+        return False
     return bool(mallopt(m_trim_threshold, ctypes.c_int(min(max_bytes, 2**31 - 1))))
