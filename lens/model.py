@@ -321,21 +321,36 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
 
         ctx = self.make_context(batch, length, attention_mask, past_kv_cache)
         resid = self.embed_tokens(tokens, ctx) if start_at_layer is None else input
-        for block in self.blocks[start:stop]:
-            resid = block(resid, ctx)
-        if past_kv_cache is not None and hasattr(past_kv_cache, "advance"):
-            past_kv_cache.advance(length)
+        resid = self._run_blocks(resid, ctx, start, stop, past_kv_cache)
         if stop_at_layer is not None:
             return resid
         if return_type is None:
             return None
-        if self.ln_final is not None:
-            resid = self.ln_final(resid)
-        logits = self.unembed(resid)
+        logits = self._unembed_final(resid)
         if return_type == "logits":
             return logits
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _run_blocks(
+        self, resid: Float[Tensor, "batch pos d_model"], ctx: Any, start: int, stop: int, kv_cache: Any
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Blocks ``[start, stop)`` over ``resid``; then a KV cache moves past these positions.
+
+        Shared by ``forward`` and the generation step (``_next_logits``) so the two cannot drift apart.
+        """
+        blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
+        for block in blocks:
+            resid = block(resid, ctx)
+        if kv_cache is not None and hasattr(kv_cache, "advance"):
+            kv_cache.advance(ctx.q_len)
+        return resid
+
+    def _unembed_final(self, resid: Float[Tensor, "batch pos d_model"], last_only: bool = False) -> Tensor:
+        """Final norm over every position (its hooks see them all), then logits ``[batch, (pos,) vocab]``."""
+        if self.ln_final is not None:
+            resid = self.ln_final(resid)
+        return self.unembed(resid[:, -1] if last_only else resid)
 
     def loss_fn(
         self,

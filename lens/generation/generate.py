@@ -152,14 +152,8 @@ class GenerationMixin:
         """Float32 logits at the last position of one forward (no token-range check: callers did it)."""
         batch, q_len = tokens.shape
         ctx = self.make_context(batch, q_len, attention_mask, cache)
-        resid = self.embed_tokens(tokens, ctx)
-        for block in self.blocks:
-            resid = block(resid, ctx)
-        if cache is not None:
-            cache.advance(q_len)
-        if self.ln_final is not None:
-            resid = self.ln_final(resid)
-        return self.unembed(resid[:, -1]).float()
+        resid = self._run_blocks(self.embed_tokens(tokens, ctx), ctx, 0, self.cfg.n_layers, cache)
+        return self._unembed_final(resid, last_only=True).float()
 
     def generate(
         self,
