@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     from lens.adapters import from_hf_model
-    from lens.generation import KVCache
+    from lens.generation import KVCache, fast_step
 
     model = from_hf_model(gpt2_small())
     prompt = torch.randint(0, 50256, (1, 32), generator=torch.Generator().manual_seed(0))
@@ -70,11 +70,12 @@ def main() -> None:
 
     def lens_steps() -> float:
         cache = KVCache.for_model(model, 1, p_len + n + 1)
-        model._next_logits(prompt, None, cache)
+        prepared = fast_step.Prepared(model)
+        model._next_logits(prompt, None, cache, prepared)
         tok = torch.tensor([[5]])
         t = time.perf_counter()
         for _ in range(n):
-            model._next_logits(tok, None, cache)
+            model._next_logits(tok, None, cache, prepared)
         return (time.perf_counter() - t) / n
 
     def lean_steps() -> float:

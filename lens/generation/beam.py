@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lens.generation import fast_step
 from lens.generation.kv_cache import KVCache
 from lens.generation.plan import GenerationPlan
 
@@ -87,7 +88,8 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
     batch_offset = torch.arange(B, device=dev)[:, None] * nb
 
     cache = KVCache.for_model(model, B * nb, max_length, plan.kv_cache_dtype) if plan.use_cache else None
-    logits = model._next_logits(tokens, mask, cache)
+    prepared = fast_step.Prepared(model)
+    logits = model._next_logits(tokens, mask, cache, prepared)
     bar = None
     if plan.verbose:
         from tqdm.auto import tqdm
@@ -146,10 +148,10 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
             break
         if cache is not None:
             cache.reorder(running_idx[:, :, cur - 1 - P].reshape(-1).long())
-            logits = model._next_logits(running_seq[:, :, cur - 1].reshape(B * nb, 1), None, cache)
+            logits = model._next_logits(running_seq[:, :, cur - 1].reshape(B * nb, 1), None, cache, prepared)
         else:
             flat = running_seq[:, :, :cur].reshape(B * nb, cur)
-            logits = model._next_logits(flat, None if history_mask is None else history_mask[:, :cur], None)
+            logits = model._next_logits(flat, None if history_mask is None else history_mask[:, :cur], None, prepared)
 
     if bar is not None:
         bar.close()

@@ -9,20 +9,19 @@ the logits are identical to the module path (tests/generation/test_fast_step.py 
 Any hook (a ``run_with_hooks`` context, ``return_cache``, a permanent hook) sends ``generate`` back
 through the modules, so hooks always fire.
 
+>>> prepared = fast_step.Prepared(model)               # once per generate call
 >>> if fast_step.applies(model):
-...     resid = fast_step.run_blocks(model, resid, ctx)
+...     resid = fast_step.run_blocks(prepared, resid, ctx)
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.components.attention import Attention
-from lens.components.linear import linear
 from lens.components.masking import AttentionContext
-from lens.components.mlp import MLP
 from lens.components.norm import LayerNorm
 from lens.components.rotary import apply_rotary
 
@@ -35,52 +34,96 @@ def applies(model) -> bool:
     return not any(hp.has_hooks for hp in model.hook_dict.values())
 
 
-def _norm(norm, x: Tensor) -> Tensor:
+class _Layer:
+    """One block's parameters, with projection weights already transposed to ``[in, out]`` views."""
+
+    def __init__(self, block) -> None:
+        attn, cfg = block.attn, block.cfg
+        self.attn, self.idx, self.window = attn, attn.layer_idx, attn.window
+        self.h, self.kv, self.dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
+        self.sizes = [self.h * self.dh, self.kv * self.dh, self.kv * self.dh]
+        self.rotary = cfg.positional == "rotary"
+        self.ln1, self.ln2 = _norm_spec(block.ln1), _norm_spec(getattr(block, "ln2", None))
+        self.qkv = (attn.qkv_weight.t(), attn.qkv_bias)
+        self.o = (attn.o_weight.t(), attn.o_bias)
+        self.has_mlp, self.parallel = block.has_mlp, cfg.parallel_attn_mlp
+        if self.has_mlp:
+            mlp = block.mlp
+            self.act = mlp.act
+            self.gate = (mlp.gate_weight.t(), mlp.gate_bias) if cfg.gated_mlp else None
+            self.w_in, self.w_out = (mlp.in_weight.t(), mlp.in_bias), (mlp.out_weight.t(), mlp.out_bias)
+
+
+def _norm_spec(norm) -> tuple | None:
     if norm is None:
-        return x
+        return None
     if isinstance(norm, LayerNorm):
-        return F.layer_norm(x, (norm.d,), norm.w, norm.b, norm.eps)
+        return (True, (norm.d,), norm.w, norm.b, norm.eps)
+    return (False, None, norm.w, None, norm.eps)
+
+
+def _norm(spec: tuple | None, x: Tensor) -> Tensor:
+    if spec is None:
+        return x
+    layer_norm, shape, w, b, eps = spec
+    if layer_norm:
+        return F.layer_norm(x, shape, w, b, eps)
     x32 = x.float()  # RMSNorm, as in RMSNorm.forward
-    return norm.w * (x32 / (x32.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()).to(x.dtype)
+    return w * (x32 / (x32.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(x.dtype)
 
 
-def _mlp(mlp: MLP, x: Tensor) -> Tensor:
-    if mlp.cfg.gated_mlp:
-        post = mlp.act(linear(x, mlp.gate_weight, mlp.gate_bias)) * linear(x, mlp.in_weight, mlp.in_bias)
-    else:
-        post = mlp.act(linear(x, mlp.in_weight, mlp.in_bias))
-    return linear(post, mlp.out_weight, mlp.out_bias)
+def _lin(x: Tensor, wb: tuple[Tensor, Tensor | None]) -> Tensor:
+    """``linear`` on a 2-D input with the weight already transposed (the same kernel call)."""
+    wt, b = wb
+    return torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)
 
 
-def _attention(attn: Attention, x: Tensor, ctx: AttentionContext) -> Tensor:
-    cfg = attn.cfg
-    h, kv, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
-    q, k, v = linear(x, attn.qkv_weight, attn.qkv_bias).split([h * dh, kv * dh, kv * dh], dim=-1)
-    q, k, v = q.unflatten(-1, (h, dh)), k.unflatten(-1, (kv, dh)), v.unflatten(-1, (kv, dh))
-    if cfg.positional == "rotary":
+def _attention(L: _Layer, x: Float[Tensor, "n d_model"], ctx: AttentionContext, b: int) -> Tensor:
+    q_len = ctx.q_len
+    q, k, v = _lin(x, L.qkv).split(L.sizes, dim=-1)
+    q, k, v = q.view(b, q_len, L.h, L.dh), k.view(b, q_len, L.kv, L.dh), v.view(b, q_len, L.kv, L.dh)
+    if L.rotary:
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
     key_pos = None
     if ctx.kv_cache is not None:
-        k, v = ctx.kv_cache.update(attn.layer_idx, k, v)
+        k, v = ctx.kv_cache.update(L.idx, k, v)
         if ctx.key_pos is not None:
-            key_pos = ctx.key_pos.get(attn.window)
+            key_pos = ctx.key_pos.get(L.window)
     kh = k.transpose(1, 2)
-    z = attn._fused_attention(q.transpose(1, 2), kh, v.transpose(1, 2), ctx, kh.shape[-2], key_pos)
-    z = z.transpose(1, 2)
-    return linear(z.reshape(*z.shape[:2], h * dh), attn.o_weight, attn.o_bias)
+    z = L.attn._fused_attention(q.transpose(1, 2), kh, v.transpose(1, 2), ctx, kh.shape[-2], key_pos)
+    return _lin(z.transpose(1, 2).reshape(b * q_len, L.h * L.dh), L.o)
+
+
+def _mlp(L: _Layer, x: Tensor) -> Tensor:
+    if L.gate is not None:
+        return _lin(L.act(_lin(x, L.gate)) * _lin(x, L.w_in), L.w_out)
+    return _lin(L.act(_lin(x, L.w_in)), L.w_out)
+
+
+class Prepared:
+    """A model's blocks gathered once (per ``generate`` call) for :func:`run_blocks`.
+
+    Holds views of the parameters, so in-place weight edits show through; a parameter replaced by a
+    new object after this was built is not seen (``generate`` builds one per call).
+    """
+
+    def __init__(self, model) -> None:
+        self.layers = [_Layer(block) for block in model.blocks]
 
 
 def run_blocks(
-    model, resid: Float[Tensor, "batch pos d_model"], ctx: AttentionContext
+    prepared: Prepared, resid: Float[Tensor, "batch pos d_model"], ctx: AttentionContext
 ) -> Float[Tensor, "batch pos d_model"]:
     """Every block over ``resid``, as ``TransformerBlock.forward`` computes it with no hooks attached."""
-    for block in model.blocks:
-        attn_out = _attention(block.attn, _norm(block.ln1, resid), ctx)
-        if not block.has_mlp:
+    shape, b = resid.shape, resid.shape[0]
+    resid = resid.reshape(-1, shape[-1])  # [batch * pos, d_model]: 2-D GEMMs, no reshapes per projection
+    for L in prepared.layers:
+        attn_out = _attention(L, _norm(L.ln1, resid), ctx, b)
+        if not L.has_mlp:
             resid = resid + attn_out
-        elif block.cfg.parallel_attn_mlp:
-            resid = resid + attn_out + _mlp(block.mlp, _norm(block.ln2, resid))
+        elif L.parallel:
+            resid = resid + attn_out + _mlp(L, _norm(L.ln2, resid))
         else:
             resid = resid + attn_out
-            resid = resid + _mlp(block.mlp, _norm(block.ln2, resid))
-    return resid
+            resid = resid + _mlp(L, _norm(L.ln2, resid))
+    return resid.view(shape)

@@ -54,7 +54,7 @@ class _SampleRun:
     def _forward(self, tokens: Tensor, mask: Tensor | None, cache: KVCache | None, q_end: int, n_new: int) -> Tensor:
         if self.recorder is not None:
             self.recorder.begin_step(n_new, q_end)
-        return self.model._next_logits(tokens, mask, cache)
+        return self.model._next_logits(tokens, mask, cache, self.prepared)
 
     def _setup(self) -> None:
         plan = self.plan
@@ -71,6 +71,7 @@ class _SampleRun:
         self.logprobs = torch.zeros(b, plan.max_new, device=dev) if plan.output_logprobs else None
         self.done = False
         self.cache = KVCache.for_model(self.model, b, total, plan.kv_cache_dtype) if plan.use_cache else None
+        self.prepared = fast_step.Prepared(self.model)
         self.use_penalty = plan.sampling.do_sample or plan.sampling.repetition_penalty != 1.0
 
     def _select(self, logits: Float[Tensor, "batch vocab"], t: int) -> tuple[Tensor, Tensor]:
@@ -149,13 +150,20 @@ class GenerationMixin:
         tokens: Int[Tensor, "batch q"],
         attention_mask: Tensor | None,
         cache: KVCache | None,
+        prepared: fast_step.Prepared | None = None,
     ) -> Float[Tensor, "batch vocab"]:
-        """Float32 logits at the last position of one forward (no token-range check: callers did it)."""
+        """Float32 logits at the last position of one forward (no token-range check: callers did it).
+
+        ``prepared`` (:class:`fast_step.Prepared`, built once per generate call) saves regathering the
+        weights each step when nothing is hooked.
+        """
         batch, q_len = tokens.shape
         ctx = self.make_context(batch, q_len, attention_mask, cache)
         resid = self.embed_tokens(tokens, ctx)
         if fast_step.applies(self):  # nothing hooked: the same arithmetic without the module machinery
-            resid = fast_step.run_blocks(self, resid, ctx)
+            if prepared is None:
+                prepared = fast_step.Prepared(self)
+            resid = fast_step.run_blocks(prepared, resid, ctx)
             if cache is not None:
                 cache.advance(q_len)
         else:
