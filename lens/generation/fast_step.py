@@ -31,7 +31,7 @@ def applies(model) -> bool:
     cfg = model.cfg
     if cfg.use_attn_result or cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_hook_mlp_in:
         return False
-    return not any(hp.has_hooks for hp in model.hook_dict.values())
+    return not any(hp._fwd or hp._bwd for hp in model.hook_dict.values())  # HookPoint.has_hooks, inlined
 
 
 class _Layer:
@@ -80,7 +80,7 @@ def _lin(x: Tensor, wb: tuple[Tensor, Tensor | None]) -> Tensor:
 
 def _attention(L: _Layer, x: Float[Tensor, "n d_model"], ctx: AttentionContext, b: int) -> Tensor:
     q_len = ctx.q_len
-    q, k, v = _lin(x, L.qkv).split(L.sizes, dim=-1)
+    q, k, v = torch.split_with_sizes(_lin(x, L.qkv), L.sizes, dim=-1)
     q, k, v = q.view(b, q_len, L.h, L.dh), k.view(b, q_len, L.kv, L.dh), v.view(b, q_len, L.kv, L.dh)
     if L.rotary:
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
@@ -118,12 +118,13 @@ def run_blocks(
     shape, b = resid.shape, resid.shape[0]
     resid = resid.reshape(-1, shape[-1])  # [batch * pos, d_model]: 2-D GEMMs, no reshapes per projection
     for L in prepared.layers:
+        # in-place adds into the fresh outputs: a + b == b + a exactly, so the sums equal the module path's
         attn_out = _attention(L, _norm(L.ln1, resid), ctx, b)
         if not L.has_mlp:
-            resid = resid + attn_out
+            resid = attn_out.add_(resid)
         elif L.parallel:
-            resid = resid + attn_out + _mlp(L, _norm(L.ln2, resid))
+            resid = attn_out.add_(resid).add_(_mlp(L, _norm(L.ln2, resid)))
         else:
-            resid = resid + attn_out
-            resid = resid + _mlp(L, _norm(L.ln2, resid))
+            resid = attn_out.add_(resid)
+            resid = _mlp(L, _norm(L.ln2, resid)).add_(resid)
     return resid.view(shape)
