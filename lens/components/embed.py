@@ -2,11 +2,7 @@
 
 ``W_E`` is ``[d_vocab, d_model]``, ``W_pos`` ``[n_positions, d_model]`` (the trained table: learned
 positions are weights, not a mask, so their size follows the checkpoint), ``W_U`` ``[d_model, d_vocab]``.
-The unembedding stores its weight as ``[d_vocab, d_model]`` so tied embeddings share one tensor. Like every
-projection (:mod:`lens.components.linear`) the unembedding is stored input-major; so is a tied embedding,
-whose lookup then gathers columns of the contiguous ``[d_model, d_vocab]`` storage: about 2 ms more per
-thousand tokens in a forward, against ~0.6 ms less per decode step and ~12 ms less per thousand-token
-unembedding for GPT-2-small on CPU.
+The unembedding stores its weight as ``[d_vocab, d_model]`` so tied embeddings share one tensor.
 
 >>> emb = Embed(cfg); emb(torch.tensor([[1, 2]])).shape
 torch.Size([1, 2, 64])
@@ -29,22 +25,14 @@ class Embed(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        kw = dict(dtype=cfg.dtype, device=cfg.device)
-        if cfg.tie_word_embeddings:  # shared with the unembedding, which reads it input-major
-            self.weight = input_major(cfg.d_vocab, cfg.d_model, **kw)
-        else:
-            self.weight = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, **kw))
+        self.weight = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype, device=cfg.device))
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.weight
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        w = self.weight
-        if w.stride(0) == 1 and w.shape[1] > 1:  # input-major: gather columns of the contiguous transpose
-            x = w.t().index_select(1, tokens.reshape(-1)).t().reshape(*tokens.shape, w.shape[1])
-        else:
-            x = F.embedding(tokens, w)
+        x = F.embedding(tokens, self.weight)
         if self.cfg.embedding_multiplier is not None:
             x = x * torch.tensor(self.cfg.embedding_multiplier, dtype=x.dtype)
         return x
