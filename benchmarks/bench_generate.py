@@ -53,6 +53,35 @@ def weight_bytes_per_step(model) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
+def weight_floor(model, batch: int, steps: int) -> Callable[[], None]:
+    """``steps`` decode steps of nothing but the weight products, in lens's own layouts and kernels.
+
+    Every decoder must at least stream each projection weight and the unembedding once per step, so this
+    is the floor of any implementation's step time on this machine (attention over the short KV cache,
+    norms, activations and framework overhead come on top). ``hf_time / floor_time`` is then the
+    largest speed-up over HF that any decoder could reach here.
+    """
+    from lens.components.linear import linear
+
+    pairs = []
+    for block in model.blocks:
+        for mod, names in ((block.attn, ("qkv", "o")), (getattr(block, "mlp", None), ("gate", "in", "out"))):
+            for n in names:
+                w = getattr(mod, f"{n}_weight", None) if mod is not None else None
+                if w is not None:
+                    pairs.append((w, getattr(mod, f"{n}_bias")))
+    pairs.append((model.unembed.weight, model.unembed.bias))
+    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w, _ in pairs}
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(steps):
+                for w, b in pairs:
+                    linear(xs[w.shape[1]], w, b)
+
+    return run
+
+
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call."""
     w, c = time.perf_counter(), time.process_time()
@@ -178,10 +207,15 @@ def main() -> None:
             "lens": lambda p=p: model.generate(p, new, stop_at_eos=False),
             "hf": lambda p=p: hf_generate(hf, p, new),
             "read": read,
+            "floor": weight_floor(model, batch, new),
         }
         wall, cpu, outputs = interleaved(fns, repeats if batch == 1 else max(1, repeats - 1))
         bw_wall, bw_cpu = read_bytes / wall.pop("read"), read_bytes / cpu.pop("read")
+        floor, _ = wall.pop("floor"), cpu.pop("floor")
         row = {
+            "weight_floor_ms_per_step": floor / new * 1e3,
+            "ceiling_vs_hf": wall["hf"] / floor,
+            "lens_over_floor": wall["lens"] / floor,
             "same_tokens_as_hf": torch.equal(outputs["lens"], outputs["hf"]),
             "read_bandwidth_GBps": {"wall": bw_wall / 1e9, "cpu": bw_cpu / 1e9},
         }
@@ -230,6 +264,11 @@ def main() -> None:
         print(
             f"batch {batch}: read bandwidth {bw['wall']:.1f} GB/s wall, {bw['cpu']:.1f} GB/s per CPU-second; "
             f"same tokens as HF: {same}"
+        )
+        print(
+            f"batch {batch}: weight products alone take {row['weight_floor_ms_per_step']:.1f} ms/step, so no "
+            f"decoder can beat {row['ceiling_vs_hf']:.2f}x HF here; lens takes {row['lens_over_floor']:.2f}x "
+            "that floor (prefill included)"
         )
     q = report["int8_cache"]
     print(
