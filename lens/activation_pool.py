@@ -74,12 +74,11 @@ class ActivationPool:
             return t
         key = (tuple(t.shape), t.dtype)
         buffers = self._free.setdefault(key, [])
-        for buf in buffers:
-            if buf.call != self._call and buf.idle():
-                buf.call = self._call
-                return buf.tensor.view(buf.tensor.shape).copy_(t)
-        buf = _Buffer(torch.empty(t.shape, dtype=t.dtype), self._call)
-        buffers.append(buf)
+        buf = next((b for b in buffers if b.call != self._call and b.idle()), None)
+        if buf is None:
+            buf = _Buffer(torch.empty(t.shape, dtype=t.dtype), self._call)
+            buffers.append(buf)
+        buf.call = self._call
         return buf.tensor.view(buf.tensor.shape).copy_(t)  # a view: the cache's reference is counted
 
     def clear(self) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
 from lens.config import TransformerConfig
-from lens.generation import GenerationMixin
+from lens.generation import GenerationMixin, fast_step
 from lens.hooks import HookedRootModule, HookPoint
 from lens.tokenizer import Tokenizer, TokenizerMixin
 from lens.utils import lm_cross_entropy_loss
@@ -333,15 +333,26 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
         return loss if return_type == "loss" else (logits, loss)
 
     def _run_blocks(
-        self, resid: Float[Tensor, "batch pos d_model"], ctx: Any, start: int, stop: int, kv_cache: Any
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        ctx: Any,
+        start: int,
+        stop: int,
+        kv_cache: Any,
+        hook_free: fast_step.Prepared | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Blocks ``[start, stop)`` over ``resid``; then a KV cache moves past these positions.
 
         Shared by ``forward`` and the generation step (``_next_logits``) so the two cannot drift apart.
+        ``hook_free`` (a :class:`lens.generation.fast_step.Prepared`, only when nothing is hooked) runs
+        every block without the module machinery instead.
         """
-        blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
-        for block in blocks:
-            resid = block(resid, ctx)
+        if hook_free is not None:
+            resid = fast_step.run_blocks(hook_free, resid, ctx)
+        else:
+            blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
+            for block in blocks:
+                resid = block(resid, ctx)
         if kv_cache is not None and hasattr(kv_cache, "advance"):
             kv_cache.advance(ctx.q_len)
         return resid

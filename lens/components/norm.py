@@ -30,9 +30,13 @@ class LayerNorm(nn.Module):
         self.hook_scale = HookPoint()  # [..., 1]
         self.hook_normalized = HookPoint()  # [..., d]
 
+    def normalized(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """The output without hooks (fused kernel); what ``forward`` gives when ``hook_scale`` is unhooked."""
+        return F.layer_norm(x, (self.d,), self.w, self.b, self.eps)
+
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         if not self.hook_scale.has_hooks:
-            return self.hook_normalized(F.layer_norm(x, (self.d,), self.w, self.b, self.eps))
+            return self.hook_normalized(self.normalized(x))
         if not self.hook_scale.may_edit:  # read-only observers (caching): fused kernel + reported scale
             if x.dtype in (torch.float32, torch.float64):  # the kernel's own 1/scale, at no extra pass
                 out, _, rstd = torch.native_layer_norm(x, (self.d,), self.w, self.b, self.eps)
@@ -63,11 +67,17 @@ class RMSNorm(nn.Module):
         self.hook_scale = HookPoint()  # [..., 1]
         self.hook_normalized = HookPoint()  # [..., d]
 
+    def normalized(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """The output without hooks (``forward``'s arithmetic with ``hook_scale`` an identity)."""
+        return self._apply_scale(x, lambda scale: scale)
+
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        dtype = x.dtype
+        return self.hook_normalized(self._apply_scale(x, self.hook_scale))
+
+    def _apply_scale(self, x: Tensor, scale_hook) -> Tensor:
         x32 = x.float()
-        scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(self.w * (x32 / scale).to(dtype))
+        scale = scale_hook((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.w * (x32 / scale).to(x.dtype)
 
 
 def make_norm(cfg: TransformerConfig) -> nn.Module | None:

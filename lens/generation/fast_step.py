@@ -17,12 +17,10 @@ through the modules, so hooks always fire.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from lens.components.masking import AttentionContext
-from lens.components.norm import LayerNorm
 from lens.components.rotary import apply_rotary
 
 
@@ -31,7 +29,7 @@ def applies(model) -> bool:
     cfg = model.cfg
     if cfg.use_attn_result or cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_hook_mlp_in:
         return False
-    return not any(hp._fwd or hp._bwd for hp in model.hook_dict.values())  # HookPoint.has_hooks, inlined
+    return not any(hp.has_hooks for hp in model.hook_dict.values())
 
 
 class _Layer:
@@ -43,7 +41,7 @@ class _Layer:
         self.h, self.kv, self.dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
         self.sizes = [self.h * self.dh, self.kv * self.dh, self.kv * self.dh]
         self.rotary = cfg.positional == "rotary"
-        self.ln1, self.ln2 = _norm_spec(block.ln1), _norm_spec(getattr(block, "ln2", None))
+        self.ln1, self.ln2 = block.ln1, getattr(block, "ln2", None)
         self.qkv = (attn.qkv_weight.t(), attn.qkv_bias)
         self.o = (attn.o_weight.t(), attn.o_bias)
         self.has_mlp, self.parallel = block.has_mlp, cfg.parallel_attn_mlp
@@ -54,22 +52,8 @@ class _Layer:
             self.w_in, self.w_out = (mlp.in_weight.t(), mlp.in_bias), (mlp.out_weight.t(), mlp.out_bias)
 
 
-def _norm_spec(norm) -> tuple | None:
-    if norm is None:
-        return None
-    if isinstance(norm, LayerNorm):
-        return (True, (norm.d,), norm.w, norm.b, norm.eps)
-    return (False, None, norm.w, None, norm.eps)
-
-
-def _norm(spec: tuple | None, x: Tensor) -> Tensor:
-    if spec is None:
-        return x
-    layer_norm, shape, w, b, eps = spec
-    if layer_norm:
-        return F.layer_norm(x, shape, w, b, eps)
-    x32 = x.float()  # RMSNorm, as in RMSNorm.forward
-    return w * (x32 / (x32.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(x.dtype)
+def _norm(norm, x: Tensor) -> Tensor:
+    return x if norm is None else norm.normalized(x)
 
 
 def _lin(x: Tensor, wb: tuple[Tensor, Tensor | None]) -> Tensor:

@@ -160,14 +160,10 @@ class GenerationMixin:
         batch, q_len = tokens.shape
         ctx = self.make_context(batch, q_len, attention_mask, cache)
         resid = self.embed_tokens(tokens, ctx)
+        hook_free = None
         if fast_step.applies(self):  # nothing hooked: the same arithmetic without the module machinery
-            if prepared is None:
-                prepared = fast_step.Prepared(self)
-            resid = fast_step.run_blocks(prepared, resid, ctx)
-            if cache is not None:
-                cache.advance(q_len)
-        else:
-            resid = self._run_blocks(resid, ctx, 0, self.cfg.n_layers, cache)
+            hook_free = prepared if prepared is not None else fast_step.Prepared(self)
+        resid = self._run_blocks(resid, ctx, 0, self.cfg.n_layers, cache, hook_free)
         return self._unembed_final(resid, last_only=True).float()
 
     def generate(
