@@ -66,3 +66,24 @@ def run_subprocess(module: str, *args: str, python: str | None = None) -> dict:
 
 def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+def gpt2_small(n_layer: int = 12):
+    """The Hugging Face peer: a random-weight GPT-2-small-shaped ``GPT2LMHeadModel`` (seed 0), eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def tl_gpt2_small():
+    """The TransformerLens peer in the same shape (its own random weights), on CPU, eval mode."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=1024,
+        act_fn="gelu_new", normalization_type="LN", device="cpu",
+    )  # fmt: skip
+    return HookedTransformer(cfg).eval()

@@ -18,15 +18,15 @@ import sys
 
 import torch
 
-from benchmarks._common import fmt_bytes, interleaved_times, peak_bytes_since, reset_peak, run_subprocess
-
-
-def gpt2_small(n_layer: int = 12):
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    return transformers.GPT2LMHeadModel(cfg).eval()
+from benchmarks._common import (
+    fmt_bytes,
+    gpt2_small,
+    interleaved_times,
+    peak_bytes_since,
+    reset_peak,
+    run_subprocess,
+    tl_gpt2_small,
+)
 
 
 def mistral_narrow(seq: int):
@@ -63,15 +63,7 @@ def tl_python() -> str | None:
 
 def tl_gpt2_worker(repeats: int) -> dict:
     """TransformerLens vs HF on the GPT-2-small shape, both timed in this (TransformerLens) process."""
-    from transformer_lens import HookedTransformer as TLModel
-    from transformer_lens import HookedTransformerConfig
-
-    hf = gpt2_small()
-    cfg = HookedTransformerConfig(
-        n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=1024,
-        act_fn="gelu_new", normalization_type="LN", device="cpu",
-    )  # fmt: skip
-    tl = TLModel(cfg).eval()
+    hf, tl = gpt2_small(), tl_gpt2_small()
     tokens = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         times = interleaved_times({"hf": lambda: hf(tokens), "tl": lambda: tl(tokens)}, repeats=repeats)

@@ -25,15 +25,9 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks._common import gpt2_small, tl_gpt2_small
+
 PROMPT, NEW = 32, 128
-
-
-def gpt2_small():
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    return transformers.GPT2LMHeadModel(cfg).eval()
 
 
 def read_kernel(gib: float = 1.0) -> tuple[Callable[[], object], int]:
@@ -110,15 +104,7 @@ def interleaved(
 
 def tl_worker(new: int, repeats: int) -> dict:
     """In an interpreter with TransformerLens: its ``generate`` vs that interpreter's HF ``generate``."""
-    from transformer_lens import HookedTransformer as TLModel
-    from transformer_lens import HookedTransformerConfig
-
-    hf = gpt2_small()
-    cfg = HookedTransformerConfig(
-        n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=1024,
-        act_fn="gelu_new", normalization_type="LN", device="cpu",
-    )  # fmt: skip
-    tl = TLModel(cfg).eval()
+    hf, tl = gpt2_small(), tl_gpt2_small()
     # TL's generate insists on a tokenizer even for token input; the network is off, so a stand-in with the
     # attributes it reads (ids outside the prompts' range, so nothing counts as padding).
     tl.tokenizer = types.SimpleNamespace(

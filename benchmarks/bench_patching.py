@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from benchmarks._common import run_subprocess
+from benchmarks._common import run_subprocess, tl_gpt2_small
 from benchmarks.bench_forward import tl_python
 
 N_POS, ANSWER, WRONG = 20, 1000, 2000
@@ -125,14 +125,9 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
 
 def tl_worker(repeats: int) -> dict:  # runs in an interpreter with TransformerLens
     import transformer_lens
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import patching as tl_patching
 
-    cfg = HookedTransformerConfig(
-        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024, act_fn="gelu_new",
-        normalization_type="LN",
-    )  # fmt: skip
-    tl = HookedTransformer(cfg).eval()
+    tl = tl_gpt2_small()
     clean, corrupted = prompts()
     _, cache = tl.run_with_cache(clean)
 

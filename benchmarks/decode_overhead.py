@@ -23,7 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks.bench_generate import gpt2_small, weight_floor
+from benchmarks._common import gpt2_small
+from benchmarks.bench_generate import weight_floor
 
 
 def lean_gpt2_step(model, max_len: int):
