@@ -56,6 +56,7 @@ def weight_floor(model, batch: int, steps: int) -> Callable[[], None]:
     largest speed-up over HF that any decoder could reach here.
     """
     from lens.components.linear import linear
+    from lens.generation import decode_unembed
 
     pairs = []
     for block in model.blocks:
@@ -64,7 +65,8 @@ def weight_floor(model, batch: int, steps: int) -> Callable[[], None]:
                 w = getattr(mod, f"{n}_weight", None) if mod is not None else None
                 if w is not None:
                     pairs.append((w, getattr(mod, f"{n}_bias")))
-    pairs.append((model.unembed.weight, model.unembed.bias))
+    w_u = decode_unembed.weight_for_decode(model, batch * steps)  # the layout generate decodes with
+    pairs.append((w_u.t(), model.unembed.bias))
     xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w, _ in pairs}
 
     def run() -> None:

@@ -27,7 +27,7 @@ from benchmarks._common import gpt2_small
 from benchmarks.bench_generate import weight_floor
 
 
-def lean_gpt2_step(model, max_len: int):
+def lean_gpt2_step(model, max_len: int, rows: int):
     """A hook-free decode step for a GPT-2-shaped lens model: ``step(token, pos) -> logits [1, vocab]``."""
     cfg = model.cfg
     h, dh, d = cfg.n_heads, cfg.d_head, cfg.d_model
@@ -38,7 +38,10 @@ def lean_gpt2_step(model, max_len: int):
          b.ln2.w, b.ln2.b, b.mlp.in_weight.t(), b.mlp.in_bias, b.mlp.out_weight.t(), b.mlp.out_bias)
         for b in model.blocks
     ]  # fmt: skip
-    w_e, w_pos, w_u = model.embed.weight, model.pos_embed.weight, model.unembed.weight.t()
+    from lens.generation import decode_unembed
+
+    w_e, w_pos = model.embed.weight, model.pos_embed.weight
+    w_u = decode_unembed.weight_for_decode(model, rows)  # the layout lens decodes with
     ln_f, eps, scale = model.ln_final, cfg.eps, model.blocks[0].attn.scale
 
     def step(token: int, pos: int) -> torch.Tensor:
@@ -71,7 +74,7 @@ def main() -> None:
 
     def lens_steps() -> float:
         cache = KVCache.for_model(model, 1, p_len + n + 1)
-        prepared = fast_step.Prepared(model)
+        prepared = fast_step.Prepared(model, rows=n)
         model._next_logits(prompt, None, cache, prepared)
         tok = torch.tensor([[5]])
         t = time.perf_counter()
@@ -80,7 +83,7 @@ def main() -> None:
         return (time.perf_counter() - t) / n
 
     def lean_steps() -> float:
-        step = lean_gpt2_step(model, p_len + n + 1)
+        step = lean_gpt2_step(model, p_len + n + 1, n)
         for i, tok in enumerate(prompt[0].tolist()):  # the prompt, one token at a time
             step(tok, i)
         t = time.perf_counter()
@@ -96,7 +99,7 @@ def main() -> None:
         return (time.perf_counter() - t) / n
 
     with torch.inference_mode():  # the lean step must compute lens's numbers
-        step = lean_gpt2_step(model, 8)
+        step = lean_gpt2_step(model, 8, n)
         for i, tok in enumerate(prompt[0, :8].tolist()):
             lean_logits = step(tok, i)
         ref = model(prompt[:, :8])[0, -1]

@@ -35,6 +35,22 @@ HookFn = Callable[..., Any]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookSpec = tuple[str | Callable[[str], bool], HookFn]
 
+_epoch = 0  # bumped whenever any hook point gains or loses a hook (see hook_epoch)
+
+
+def hook_epoch() -> int:
+    """A counter that changes whenever a hook is added to or removed from any :class:`HookPoint`.
+
+    Lets a loop that asked "is anything hooked?" skip asking again until the answer may have changed
+    (the generation loop checks it once per step instead of scanning every hook point).
+    """
+    return _epoch
+
+
+def _bump_epoch() -> None:
+    global _epoch
+    _epoch += 1
+
 
 class _Handle:
     """Removal handle for one hook function on one HookPoint."""
@@ -49,6 +65,7 @@ class _Handle:
         lst = self.point._fwd if self.dir == "fwd" else self.point._bwd
         if self in lst:
             lst.remove(self)
+            _bump_epoch()
         for h in self.tensor_handles:
             h.remove()
         self.tensor_handles.clear()
@@ -104,6 +121,7 @@ class HookPoint(nn.Module):
         handle = _Handle(self, fn, dir, is_permanent, level)
         lst = self._fwd if dir == "fwd" else self._bwd
         lst.insert(0, handle) if prepend else lst.append(handle)
+        _bump_epoch()
         return handle
 
     def remove_hooks(self, dir: str = "both", including_permanent: bool = False, level: int | None = None) -> None:

@@ -88,7 +88,7 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
     batch_offset = torch.arange(B, device=dev)[:, None] * nb
 
     cache = KVCache.for_model(model, B * nb, max_length, plan.kv_cache_dtype) if plan.use_cache else None
-    prepared = fast_step.Prepared(model)
+    prepared = fast_step.Prepared(model, rows=B * nb * max_new)
     logits = model._next_logits(tokens, mask, cache, prepared)
     bar = None
     if plan.verbose:

@@ -10,26 +10,31 @@ Any hook (a ``run_with_hooks`` context, ``return_cache``, a permanent hook) send
 through the modules, so hooks always fire.
 
 >>> prepared = fast_step.Prepared(model)               # once per generate call
->>> if fast_step.applies(model):
+>>> if prepared.applies():                             # cheap: rescans only after a hook change
+...     resid = fast_step.embed(prepared, tokens, ctx)
 ...     resid = fast_step.run_blocks(prepared, resid, ctx)
+...     logits = fast_step.unembed_last(prepared, resid)
 """
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens.components.masking import AttentionContext
 from lens.components.rotary import apply_rotary
+from lens.generation import decode_unembed
+from lens.hooks import hook_epoch
+
+
+def _flags_off(cfg) -> bool:
+    return not (cfg.use_attn_result or cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_hook_mlp_in)
 
 
 def applies(model) -> bool:
     """True when no hook point is hooked and no flag adds hook-only inputs (the blocks are pure math)."""
-    cfg = model.cfg
-    if cfg.use_attn_result or cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_hook_mlp_in:
-        return False
-    return not any(hp.has_hooks for hp in model.hook_dict.values())
+    return _flags_off(model.cfg) and not any(hp.has_hooks for hp in model.hook_dict.values())
 
 
 class _Layer:
@@ -68,13 +73,12 @@ def _attention(L: _Layer, x: Float[Tensor, "n d_model"], ctx: AttentionContext, 
     q, k, v = q.view(b, q_len, L.h, L.dh), k.view(b, q_len, L.kv, L.dh), v.view(b, q_len, L.kv, L.dh)
     if L.rotary:
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
-    key_pos = None
+    kh, vh, key_pos = k.transpose(1, 2), v.transpose(1, 2), None  # [b, kv, pos, dh]
     if ctx.kv_cache is not None:
-        k, v = ctx.kv_cache.update(L.idx, k, v)
+        kh, vh = ctx.kv_cache.update_heads(L.idx, kh, vh)
         if ctx.key_pos is not None:
             key_pos = ctx.key_pos.get(L.window)
-    kh = k.transpose(1, 2)
-    z = L.attn._fused_attention(q.transpose(1, 2), kh, v.transpose(1, 2), ctx, kh.shape[-2], key_pos)
+    z = L.attn._fused_attention(q.transpose(1, 2), kh, vh, ctx, kh.shape[-2], key_pos)
     return _lin(z.transpose(1, 2).reshape(b * q_len, L.h * L.dh), L.o)
 
 
@@ -85,14 +89,58 @@ def _mlp(L: _Layer, x: Tensor) -> Tensor:
 
 
 class Prepared:
-    """A model's blocks gathered once (per ``generate`` call) for :func:`run_blocks`.
+    """A model's weights gathered once (per ``generate`` call) for :func:`embed`, :func:`run_blocks`
+    and :func:`unembed_last`.
 
     Holds views of the parameters, so in-place weight edits show through; a parameter replaced by a
     new object after this was built is not seen (``generate`` builds one per call).
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, rows: int = 0) -> None:
+        """``rows``: how many rows (batch x new tokens) the call will decode, which decides whether a tied
+        unembedding is read from an input-major copy (:mod:`lens.generation.decode_unembed`)."""
+        self.model, self.cfg = model, model.cfg
         self.layers = [_Layer(block) for block in model.blocks]
+        self.embed = model.embed
+        self.pos_embed = model.pos_embed if model.cfg.positional == "learned" else None
+        self.ln_final = model.ln_final
+        self.rows, self._unembed = rows, None
+        self._epoch: int | None = None
+        self._hook_free = False
+
+    @property
+    def unembed(self) -> tuple[Tensor, Tensor | None]:
+        """(``W_U`` in the layout to decode with, ``b_U``), gathered on first use (hooked calls never need it)."""
+        if self._unembed is None:
+            self._unembed = (decode_unembed.weight_for_decode(self.model, self.rows), self.model.unembed.bias)
+        return self._unembed
+
+    def applies(self) -> bool:
+        """:func:`applies` for this model, rescanning the hook points only after some hook changed."""
+        if not _flags_off(self.cfg):
+            return False
+        epoch = hook_epoch()
+        if epoch != self._epoch:
+            self._hook_free, self._epoch = applies(self.model), epoch
+        return self._hook_free
+
+
+def embed(
+    prepared: Prepared, tokens: Int[Tensor, "batch pos"], ctx: AttentionContext
+) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream entering block 0, as ``HookedTransformer.embed_tokens`` computes it unhooked."""
+    resid = prepared.embed.forward(tokens)
+    if prepared.pos_embed is not None:
+        resid = resid + prepared.pos_embed.forward(ctx.positions)
+    return resid
+
+
+def unembed_last(prepared: Prepared, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch vocab"]:
+    """Logits at the last position: the final norm of that row only (norms are per row), then the unembedding."""
+    x = resid[:, -1]
+    if prepared.ln_final is not None:
+        x = prepared.ln_final.normalized(x)
+    return _lin(x, prepared.unembed)
 
 
 def run_blocks(

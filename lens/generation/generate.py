@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lens.generation import fast_step
+from lens.generation import decode_unembed, fast_step
 from lens.generation.beam import beam_search
 from lens.generation.kv_cache import KVCache
 from lens.generation.plan import GenerationPlan, TextStream, format_output, make_plan
@@ -71,7 +71,7 @@ class _SampleRun:
         self.logprobs = torch.zeros(b, plan.max_new, device=dev) if plan.output_logprobs else None
         self.done = False
         self.cache = KVCache.for_model(self.model, b, total, plan.kv_cache_dtype) if plan.use_cache else None
-        self.prepared = fast_step.Prepared(self.model)
+        self.prepared = fast_step.Prepared(self.model, rows=b * plan.max_new)
         self.use_penalty = plan.sampling.do_sample or plan.sampling.repetition_penalty != 1.0
 
     def _select(self, logits: Float[Tensor, "batch vocab"], t: int) -> tuple[Tensor, Tensor]:
@@ -144,6 +144,15 @@ class _SampleRun:
 class GenerationMixin:
     """Adds ``generate`` and ``generate_stream`` to :class:`lens.HookedTransformer`."""
 
+    decode_unembed_copy: bool = True
+    """Let long CPU ``generate`` calls read a tied unembedding from a checked input-major copy (faster
+    decoding for ``d_vocab x d_model`` more memory; :mod:`lens.generation.decode_unembed`). Set False
+    on a model to never keep one."""
+
+    def release_decode_copy(self) -> None:
+        """Free the input-major unembedding copy kept for decoding, if any (rebuilt when next needed)."""
+        decode_unembed.release(self)
+
     @torch.inference_mode()
     def _next_logits(
         self,
@@ -159,11 +168,12 @@ class GenerationMixin:
         """
         batch, q_len = tokens.shape
         ctx = self.make_context(batch, q_len, attention_mask, cache)
-        resid = self.embed_tokens(tokens, ctx)
-        hook_free = None
-        if fast_step.applies(self):  # nothing hooked: the same arithmetic without the module machinery
-            hook_free = prepared if prepared is not None else fast_step.Prepared(self)
-        resid = self._run_blocks(resid, ctx, 0, self.cfg.n_layers, cache, hook_free)
+        n = self.cfg.n_layers
+        prepared = prepared if prepared is not None else fast_step.Prepared(self)
+        if prepared.applies():  # nothing hooked: the same arithmetic without the module machinery
+            resid = self._run_blocks(fast_step.embed(prepared, tokens, ctx), ctx, 0, n, cache, prepared)
+            return fast_step.unembed_last(prepared, resid).float()
+        resid = self._run_blocks(self.embed_tokens(tokens, ctx), ctx, 0, n, cache)
         return self._unembed_final(resid, last_only=True).float()
 
     def generate(

@@ -15,6 +15,7 @@ It implements the protocol ``HookedTransformer.forward(..., past_kv_cache=cache)
 * ``update(layer, k, v) -> (k_all, v_all)`` in each attention layer, ``k``/``v``
   ``[batch, pos, kv_head, d_head]`` after rotary; returns the keys that layer attends to: all cached
   positions, or for a ring layer the positions inside the window (slot order once it has wrapped);
+  ``update_heads`` is the same in the ``[batch, kv_head, pos, d_head]`` layout;
 * ``advance(q_len)`` after the forward.
 
 ``kv_cache_dtype="int8"`` stores keys and values as int8 with one float32 scale per token and head
@@ -204,17 +205,23 @@ class KVCache:
         self, layer: int, k: Float[Tensor, "batch q kv d_head"], v: Float[Tensor, "batch q kv d_head"]
     ) -> tuple[Float[Tensor, "batch k kv d_head"], Float[Tensor, "batch k kv d_head"]]:
         """Store this step's keys/values for ``layer`` and return the ones it attends to."""
+        kh, vh = self.update_heads(layer, k.transpose(1, 2), v.transpose(1, 2))
+        return kh.transpose(1, 2), vh.transpose(1, 2)
+
+    def update_heads(
+        self, layer: int, kt: Float[Tensor, "batch kv q d_head"], vt: Float[Tensor, "batch kv q d_head"]
+    ) -> tuple[Float[Tensor, "batch kv k d_head"], Float[Tensor, "batch kv k d_head"]]:
+        """:meth:`update` in the heads-first layout attention computes in (no transposes on the way)."""
         store, off = self.layers[layer], self.offset
-        q = k.shape[1]
-        kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [b, kv, q, dh]
+        q = kt.shape[2]
         if not store.quantized and not store.ring:  # the common case, kept lean: copy in, return a view
             store.k.narrow(2, off, q).copy_(kt)
             store.v.narrow(2, off, q).copy_(vt)
-            return store.k.narrow(2, 0, off + q).transpose(1, 2), store.v.narrow(2, 0, off + q).transpose(1, 2)
+            return store.k.narrow(2, 0, off + q), store.v.narrow(2, 0, off + q)
         if not store.ring:
             store.write(slice(off, off + q), kt, vt)
             k_old, v_old = store.read(slice(0, off))
-            return torch.cat((k_old, kt), 2).transpose(1, 2), torch.cat((v_old, vt), 2).transpose(1, 2)
+            return torch.cat((k_old, kt), 2), torch.cat((v_old, vt), 2)
         w = store.size
         if q == 1:  # decode step: slots [0, off] in order until the ring wraps, then the whole ring
             slot = off % w
@@ -222,7 +229,7 @@ class KVCache:
             k_all, v_all = store.read(slice(0, min(off + 1, w)))
             if store.quantized:  # the new token attends to its own key at full precision
                 k_all[:, :, slot : slot + 1], v_all[:, :, slot : slot + 1] = kt, vt
-            return k_all.transpose(1, 2), v_all.transpose(1, 2)
+            return k_all, v_all
         # several tokens: the window's earlier keys in position order, then the new ones
         prev = min(off, w - 1)
         if prev:
@@ -233,7 +240,7 @@ class KVCache:
         keep = min(q, w)
         slots = torch.arange(off + q - keep, off + q, device=self.device) % w
         store.write(slots, kt[:, :, q - keep :], vt[:, :, q - keep :])
-        return k_all.transpose(1, 2), v_all.transpose(1, 2)
+        return k_all, v_all
 
     def advance(self, q_len: int) -> None:
         """Mark the ``q_len`` positions reserved by :meth:`prepare` as written."""

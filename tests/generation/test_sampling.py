@@ -246,6 +246,18 @@ def test_greedy_is_argmax():
     assert torch.equal(SamplingConfig().sample(bf16), bf16.argmax(-1))
 
 
+def test_greedy_matches_argmax_on_ties_nan_and_inf():
+    """Greedy picks with ``max(...).indices``; it must agree with ``torch.argmax`` (what HF uses) everywhere."""
+    gen = torch.Generator().manual_seed(7)
+    for n in (2, 17, 1000, 50257):
+        x = torch.randint(0, 4, (6, n), generator=gen).float()  # many ties
+        x[1, torch.randint(0, n, (2,), generator=gen)] = float("nan")
+        x[2] = float("-inf")
+        x[3, -1] = float("inf")
+        x[4] = 0.0
+        assert torch.equal(sample_next_token(x, do_sample=False), x.argmax(-1)), n
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_seeded_sampling_reproduces(seed):
     scores = process_logits(make_logits(seed), make_history(seed), temperature=0.9, top_p=0.95, top_k=30)
