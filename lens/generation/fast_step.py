@@ -1,11 +1,13 @@
-"""The hook-free block loop that ``generate`` runs when nothing is hooked.
+"""The hook-free decode step (embedding, blocks, final norm, unembedding) ``generate`` runs when nothing is hooked.
 
-Why: decoding one token of a GPT-2-small-sized model on CPU is ~18 ms of weight streaming, and the
+Why: decoding one token of a GPT-2-small-sized model on CPU is ~17 ms of weight streaming, and the
 module path (``nn.Module`` calls, hook points, per-layer Python) added ~3 ms per step on top
 (``benchmarks/decode_overhead.py``). When no hook point has a hook and none of the TransformerLens
 input-splitting flags is set, the hook points are identities, so ``generate`` runs the same arithmetic
 here as plain functions over the components' parameters: the same kernels in the same order, so
 the logits are identical to the module path (tests/generation/test_fast_step.py checks every family).
+The one exception is a tied unembedding in a long CPU call, read from an input-major copy
+(:mod:`lens.generation.decode_unembed`): same values, another summation order (~1e-6).
 Any hook (a ``run_with_hooks`` context, ``return_cache``, a permanent hook) sends ``generate`` back
 through the modules, so hooks always fire.
 
