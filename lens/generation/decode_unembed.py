@@ -8,7 +8,8 @@ On the GPT-2-small shape (2 CPU threads) the unembedding costs 6.1 ms of a decod
 the tied matrix input-major instead slows every forward's embedding lookup (~10%), so ``generate``
 keeps a second, input-major copy (``d_vocab x d_model`` more memory: 154 MB for GPT-2-small fp32).
 
-The copy is checked before every use. It is rebuilt when the weight is a different tensor, storage,
+The copy is checked when each ``generate`` call starts (an edit made while a ``generate_stream`` is
+being consumed shows from the next call on). It is rebuilt when the weight is a different tensor, storage,
 dtype, device or ``_version`` (any in-place edit through the parameter), and when the fingerprint
 ``W @ r`` (one row-major matrix-vector product, ~4 ms for GPT-2-small; ``r`` fixed, ``|r_d|`` in
 ``[1, 2)`` with random signs) differs, in any bit, from the one taken when the copy was built: that
