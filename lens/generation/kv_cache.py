@@ -253,11 +253,19 @@ class KVCache:
 
     # -- beam search ----------------------------------------------------------------------------------
     def reorder(self, index: Int[Tensor, " batch"]) -> None:
-        """Keep rows ``index`` (beam search: each surviving beam takes its parent's cache)."""
+        """Keep rows ``index`` (beam search: each surviving beam takes its parent's cache).
+
+        In place: the preallocated buffers stay the same tensors, and only the positions written so far
+        (a ring buffer's filled slots) are gathered, so a step costs what the cache holds, not its size.
+        """
         index = index.to(self.device)
+        if torch.equal(index, torch.arange(self.batch, device=self.device)):
+            return  # every row keeps its own cache
         for store in self.layers:
+            used = min(self.offset, store.size)
             for name in store.tensors():
-                setattr(store, name, getattr(store, name).index_select(0, index))
+                buf = getattr(store, name).narrow(2, 0, used)
+                buf.copy_(buf.index_select(0, index))
         if self._key_mask is not None:
-            self._key_mask = self._key_mask.index_select(0, index)
-            self._next_pos = self._next_pos.index_select(0, index)
+            self._key_mask.copy_(self._key_mask.index_select(0, index))
+            self._next_pos.copy_(self._next_pos.index_select(0, index))

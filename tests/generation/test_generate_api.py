@@ -152,3 +152,41 @@ def test_int8_generation_runs_and_mostly_agrees(model):
 def test_verbose_shows_progress(model, capsys):
     model.generate("Hi", 3, stop_at_eos=False, verbose=True)
     assert "3/3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "LlamaForCausalLM"])
+def test_return_cache_is_the_same_without_the_kv_cache(arch):
+    _, m = pair(arch)
+    tokens = torch.randint(3, 97, (2, 5), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, :2] = 0
+    names = ["hook_embed", "blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"]
+    kw = dict(attention_mask=mask, stop_at_eos=False, return_cache=True, names_filter=names)
+    out, _, cached = m.generate(tokens, 6, **kw)
+    out2, _, uncached = m.generate(tokens, 6, use_past_kv_cache=False, **kw)
+    assert torch.equal(out, out2)
+    real = torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], 1).bool()
+    for name in names:
+        assert cached[name].shape == uncached[name].shape, name
+        a, b = cached[name], uncached[name]
+        if "attn" in name:  # [b, head, q, k]: compare the real queries
+            a, b = a.transpose(1, 2), b.transpose(1, 2)
+        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=0, msg=name)
+
+
+def test_repetition_penalty_ignores_left_padding_in_generate():
+    """Pads are not in a row's history: each row of a left-padded batch equals the row run alone."""
+    _, m = pair("LlamaForCausalLM")
+    tokens = torch.randint(3, 97, (3, 6), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    kw = dict(stop_at_eos=False, repetition_penalty=1.8)
+    pad = int(m.generate(tokens[1, 3:], 1, **kw)[-1])  # row 1's first pick: penalising pads would change it
+    tokens = tokens.masked_fill(mask == 0, pad)
+    batch = m.generate(tokens, 8, attention_mask=mask, **kw)
+    with_pads = m.generate(tokens[1:2], 8, attention_mask=torch.ones(1, 6, dtype=torch.long), **kw)
+    assert int(with_pads[0, 6]) != pad  # the test can fail: pads in the history would change row 1
+    for row in range(3):
+        alone = m.generate(tokens[row, mask[row].bool()], 8, **kw)
+        assert torch.equal(batch[row, 6:], alone[-8:]), row

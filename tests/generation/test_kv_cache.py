@@ -102,7 +102,7 @@ def teacher_forced_logits(model, tokens, n_prompt, kv_cache_dtype=None) -> torch
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "MistralForCausalLM"])
+@pytest.mark.parametrize("arch", archs())
 def test_int8_cache_memory_and_accuracy(arch):
     _, model = pair(arch)
     fp = KVCache.for_model(model, 2, 32)
@@ -122,9 +122,10 @@ def test_reorder_selects_rows():
     cache = KVCache.for_model(model, 3, 6)
     tokens = torch.tensor([[4, 5], [6, 7], [8, 9]])
     model(tokens, past_kv_cache=cache)
-    k0 = cache.layers[0].k.clone()
+    k0, ptr = cache.layers[0].k.clone(), cache.layers[0].k.data_ptr()
     cache.reorder(torch.tensor([2, 2, 0]))
-    torch.testing.assert_close(cache.layers[0].k, k0[[2, 2, 0]])
+    torch.testing.assert_close(cache.layers[0].k[:, :, :2], k0[[2, 2, 0], :, :2])
+    assert cache.layers[0].k.data_ptr() == ptr  # reordered in place, in the preallocated buffer
     nxt = model(torch.tensor([[1], [1], [1]]), past_kv_cache=cache)[:, -1]
     ref = model(torch.tensor([[8, 9, 1], [8, 9, 1], [4, 5, 1]]))[:, -1]
     torch.testing.assert_close(nxt, ref, atol=1e-5, rtol=0)
