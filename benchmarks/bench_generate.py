@@ -9,7 +9,9 @@ over a 1 GiB tensor (beyond the last-level cache) interleaved with the generate 
 given on wall time and on process CPU time (robust to time-slicing on a shared machine); the prompt's
 prefill is included in the generate time, so both slightly understate the decode loop's own fraction.
 Also checks that lens and HF emit the same tokens, and measures the int8 KV cache (memory, and the max
-logit difference vs the fp32 cache with both teacher-forced on the same tokens).
+logit difference vs the fp32 cache with both teacher-forced on the same tokens), and the one-off cost of
+the input-major copy of GPT-2's tied unembedding that long CPU calls decode with (``decode_copy``: its
+build, its per-call check, and a first call's tokens/s with the build included; the timed calls reuse it).
 
 Run: ``.venv/bin/python -m benchmarks.bench_generate [--quick] [--threads N] [--repeats N]``
 """
@@ -160,6 +162,38 @@ def int8_cache_report(model, prompt: torch.Tensor, new: int) -> dict:
     }
 
 
+def decode_copy_report(model, prompt: torch.Tensor, new: int) -> dict:
+    """What the input-major copy of the tied unembedding costs: building it once, checking it per call.
+
+    Also times one ``generate`` call on a model that holds no copy yet (the first long call pays the build).
+    """
+    from lens.generation import decode_unembed
+
+    rows = prompt.shape[0] * new
+    decode_unembed.release(model)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        copy = decode_unembed.weight_for_decode(model, rows)
+        build = time.perf_counter() - t
+        checks = []
+        for _ in range(3):
+            t = time.perf_counter()
+            decode_unembed.weight_for_decode(model, rows)
+            checks.append(time.perf_counter() - t)
+    nbytes = copy.nbytes
+    del copy
+    decode_unembed.release(model)
+    t = time.perf_counter()
+    model.generate(prompt, new, stop_at_eos=False)
+    first = time.perf_counter() - t
+    return {
+        "copy_MB": nbytes / 1e6,
+        "build_ms": build * 1e3,
+        "check_ms_per_call": statistics.median(checks) * 1e3,
+        "first_call_tokens_per_s": prompt.shape[0] * new / first,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="32 new tokens, one timed repeat")
@@ -190,6 +224,7 @@ def main() -> None:
     read, read_bytes = read_kernel()
     step_bytes = weight_bytes_per_step(model)
     report["weight_bytes_per_step_MB"] = step_bytes / 1e6
+    report["decode_copy"] = decode_copy_report(model, prompts[1], new)
     for batch, p in prompts.items():
         fns = {
             "lens": lambda p=p: model.generate(p, new, stop_at_eos=False),
@@ -258,6 +293,12 @@ def main() -> None:
             f"decoder can beat {row['ceiling_vs_hf']:.2f}x HF here; lens takes {row['lens_over_floor']:.2f}x "
             "that floor (prefill included)"
         )
+    dc = report["decode_copy"]
+    print(
+        f"input-major copy of the tied unembedding: {dc['copy_MB']:.0f} MB, built once in {dc['build_ms']:.0f} ms, "
+        f"checked in {dc['check_ms_per_call']:.1f} ms per call; a first batch-1 call (build included): "
+        f"{dc['first_call_tokens_per_s']:.1f} tokens/s"
+    )
     q = report["int8_cache"]
     print(
         f"int8 KV cache: {q['memory_ratio']:.3f}x fp32 memory; max |logit diff| {q['max_logit_diff']:.4f} "
