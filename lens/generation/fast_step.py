@@ -48,6 +48,7 @@ class _Layer:
         self.h, self.kv, self.dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
         self.sizes = [self.h * self.dh, self.kv * self.dh, self.kv * self.dh]
         self.rotary = cfg.positional == "rotary"
+        self.stacked = not self.rotary and self.kv == self.h  # q, k, v as one [3, b, h, pos, dh] view
         self.ln1, self.ln2 = block.ln1, getattr(block, "ln2", None)
         self.qkv = (attn.qkv_weight.t(), attn.qkv_bias)
         self.o = (attn.o_weight.t(), attn.o_bias)
@@ -71,17 +72,23 @@ def _lin(x: Tensor, wb: tuple[Tensor, Tensor | None]) -> Tensor:
 
 def _attention(L: _Layer, x: Float[Tensor, "n d_model"], ctx: AttentionContext, b: int) -> Tensor:
     q_len = ctx.q_len
-    q, k, v = torch.split_with_sizes(_lin(x, L.qkv), L.sizes, dim=-1)
-    q, k, v = q.view(b, q_len, L.h, L.dh), k.view(b, q_len, L.kv, L.dh), v.view(b, q_len, L.kv, L.dh)
-    if L.rotary:
-        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
-    kh, vh, key_pos = k.transpose(1, 2), v.transpose(1, 2), None  # [b, kv, pos, dh]
+    qkv = _lin(x, L.qkv)
+    if L.stacked:  # three views in one: the same strides as splitting and transposing each (fewer ops)
+        qh, kh, vh = qkv.view(b, q_len, 3, L.h, L.dh).permute(2, 0, 3, 1, 4).unbind(0)  # [b, h, pos, dh]
+    else:
+        q, k, v = torch.split_with_sizes(qkv, L.sizes, dim=-1)
+        q, k, v = q.view(b, q_len, L.h, L.dh), k.view(b, q_len, L.kv, L.dh), v.view(b, q_len, L.kv, L.dh)
+        if L.rotary:
+            q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, head, pos, dh]
+    key_pos = None
     if ctx.kv_cache is not None:
         kh, vh = ctx.kv_cache.update_heads(L.idx, kh, vh)
         if ctx.key_pos is not None:
             key_pos = ctx.key_pos.get(L.window)
-    z = L.attn._fused_attention(q.transpose(1, 2), kh, vh, ctx, kh.shape[-2], key_pos)
-    return _lin(z.transpose(1, 2).reshape(b * q_len, L.h * L.dh), L.o)
+    z = L.attn._fused_attention(qh, kh, vh, ctx, kh.shape[-2], key_pos)  # [b, h, pos, dh]
+    z = z.reshape(b, L.h * L.dh) if q_len == 1 else z.transpose(1, 2).reshape(b * q_len, L.h * L.dh)
+    return _lin(z, L.o)
 
 
 def _mlp(L: _Layer, x: Tensor) -> Tensor:
