@@ -5,7 +5,8 @@ positions are weights, not a mask, so their size follows the checkpoint), ``W_U`
 The unembedding stores its weight as ``[d_vocab, d_model]`` so tied embeddings share one tensor. An untied
 unembedding is stored input-major like every projection (:mod:`lens.components.linear`); a tied one keeps
 the embedding's row-major layout: input-major, each token's lookup touches ``d_model`` cache lines, which
-cost a GPT-2-small forward of 8 x 128 tokens ~10% (measured), more than the ~3% it saved per decode step.
+cost a GPT-2-small forward of 8 x 128 tokens ~10% (measured). Decoding, which reads the whole
+unembedding every step, uses an input-major copy instead (:mod:`lens.generation.decode_unembed`).
 
 >>> emb = Embed(cfg); emb(torch.tensor([[1, 2]])).shape
 torch.Size([1, 2, 64])
