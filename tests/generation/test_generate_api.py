@@ -99,12 +99,18 @@ def test_ablation_hooks_change_generation_identically(model, use_cache):
     assert torch.equal(ablated, ref) and not torch.equal(ablated, plain)
 
 
+def two_prompts(seed: int, length: int, padded_row: int, n_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random prompts of ``length`` tokens; ``padded_row`` is left-padded by ``n_pad`` (mask 0)."""
+    tokens = torch.randint(3, 97, (2, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[padded_row, :n_pad] = 0
+    return tokens, mask
+
+
 @pytest.mark.parametrize("arch", ["MistralForCausalLM", "GPT2LMHeadModel"])
 def test_return_cache_equals_one_forward_over_the_output(arch):
     _, m = pair(arch)
-    tokens = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(4))
-    mask = torch.ones(2, 6, dtype=torch.long)
-    mask[1, :2] = 0
+    tokens, mask = two_prompts(seed=4, length=6, padded_row=1, n_pad=2)
     names = ["hook_embed", "blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"]
     out, _, cache = m.generate(tokens, 9, attention_mask=mask, stop_at_eos=False, return_cache=True, names_filter=names)
     full_mask = torch.cat([mask, torch.ones(2, 9, dtype=torch.long)], 1)
@@ -157,9 +163,7 @@ def test_verbose_shows_progress(model, capsys):
 @pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "LlamaForCausalLM"])
 def test_return_cache_is_the_same_without_the_kv_cache(arch):
     _, m = pair(arch)
-    tokens = torch.randint(3, 97, (2, 5), generator=torch.Generator().manual_seed(8))
-    mask = torch.ones(2, 5, dtype=torch.long)
-    mask[0, :2] = 0
+    tokens, mask = two_prompts(seed=8, length=5, padded_row=0, n_pad=2)
     names = ["hook_embed", "blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"]
     kw = dict(attention_mask=mask, stop_at_eos=False, return_cache=True, names_filter=names)
     out, _, cached = m.generate(tokens, 6, **kw)
