@@ -194,3 +194,14 @@ def test_repetition_penalty_ignores_left_padding_in_generate():
     for row in range(3):
         alone = m.generate(tokens[row, mask[row].bool()], 8, **kw)
         assert torch.equal(batch[row, 6:], alone[-8:]), row
+
+
+@pytest.mark.parametrize("prepend_bos", [None, True, False])
+def test_prepend_bos_decides_the_prompt_tokens(model, prepend_bos):
+    """A string prompt is tokenized as ``to_tokens(..., prepend_bos)`` does; the continuation follows it."""
+    out = model.generate("Hey", 4, stop_at_eos=False, prepend_bos=prepend_bos, return_type="tokens")
+    prompt = model.to_tokens("Hey", prepend_bos=prepend_bos)
+    has_bos = prepend_bos is not False  # the fixture's default_prepend_bos is True
+    assert (int(prompt[0, 0]) == model.tokenizer.bos_token_id) == has_bos
+    assert torch.equal(out[:, : prompt.shape[1]], prompt)
+    assert torch.equal(out, model.generate(prompt, 4, stop_at_eos=False))
