@@ -142,3 +142,27 @@ def test_string_input_uses_tokenizer():
         batch = model(["a", "hello"], padding_side="left")
     torch.testing.assert_close(from_str, from_tokens)
     torch.testing.assert_close(batch[0, -1], model("a")[0, -1], atol=1e-4, rtol=0)
+
+
+def test_hook_epoch_changes_on_every_add_and_remove(model):
+    """Loops that cache "is anything hooked?" (generation) rely on this counter to re-check."""
+    from lens.hooks import hook_epoch
+
+    point = model.hook_dict["blocks.0.hook_resid_pre"]
+    e0 = hook_epoch()
+    handle = point.add_hook(lambda x, hook: None)
+    e1 = hook_epoch()
+    assert e1 != e0 and point.has_hooks
+    handle.remove()
+    e2 = hook_epoch()
+    assert e2 != e1 and not point.has_hooks
+    handle.remove()  # removing twice changes nothing
+    assert hook_epoch() == e2
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: None)]):
+        assert hook_epoch() != e2
+    e3 = hook_epoch()
+    model.add_hook("blocks.0.hook_resid_post", lambda x, hook: None)
+    assert hook_epoch() != e3
+    e4 = hook_epoch()
+    model.reset_hooks()
+    assert hook_epoch() != e4 and not any(p.has_hooks for p in model.hook_dict.values())
