@@ -55,3 +55,22 @@ def test_hooks_fire_during_generate():
     with model.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", lambda x, hook: seen.append(x.shape[1]))]):
         model.generate(tokens, 4, stop_at_eos=False)
     assert seen == [tokens.shape[1], 1, 1, 1]
+
+
+def test_a_hook_added_mid_stream_fires_from_the_next_step():
+    """The fast path re-checks for hooks every step (cheaply, via the hook epoch), not once per call."""
+    _, model = pair("GPT2LMHeadModel")
+    tokens, _ = prompts()
+    seen: list[int] = []
+    point = model.hook_dict["blocks.1.mlp.hook_post"]
+    handle = None
+    try:
+        for i, _tok in enumerate(model.generate_stream(tokens[:1], 6, stop_at_eos=False)):
+            if i == 2:
+                handle = point.add_hook(lambda x, hook: seen.append(x.shape[1]))
+            if i == 4:
+                handle.remove()
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert seen == [1, 1]  # the steps that computed tokens 3 and 4 (0-based), each with pos = 1
