@@ -68,11 +68,7 @@ def wants_copy(model, rows: int) -> bool:
     """True when decoding ``rows`` (batch x new tokens) should read an input-major copy of the unembedding."""
     w = model.unembed.weight
     return (
-        model.decode_unembed_copy
-        and w.device.type == "cpu"
-        and w.ndim == 2
-        and not w.t().is_contiguous()
-        and rows >= MIN_DECODE_ROWS
+        model.decode_unembed_copy and w.device.type == "cpu" and not w.t().is_contiguous() and rows >= MIN_DECODE_ROWS
     )
 
 
