@@ -9,14 +9,15 @@ runs and sample text — with logits equal to Hugging Face's for the same weight
 >>> logits, cache = model.run_with_cache("Hello lens")
 """
 
-from lens import attribution, head_detectors, logit_lens, patching, repro, utils, zoo
-from lens.cache import ActivationCache
+from lens import repro, utils, zoo
+from lens.analysis import ActivationCache
 from lens.config import TransformerConfig
 from lens.factored_matrix import FactoredMatrix
 from lens.hooks import HookedRootModule, HookPoint
 from lens.model import HookedTransformer
-from lens.patching import PatchingResult
 from lens.tokenizer import Tokenizer
+from lens.tools import attribution, head_detectors, logit_lens, patching
+from lens.tools.patching import PatchingResult
 
 __version__ = "0.1.0"
 

@@ -1,20 +1,22 @@
 """Recycled CPU memory for cached activations, so repeated ``run_with_cache`` calls stay fast.
 
-Why: a cache keeps every activation of a forward alive, so each call needs fresh memory the size of
-the whole cache (about 0.9 GB for GPT-2-small at batch 8 x 128). On CPU, glibc returns such large
-freed blocks to the OS and the next call page-faults and zero-fills them again; on a VM that costs
-20-100% of the forward (docs/benchmarks.md). The pool instead copies each cached activation into a
-buffer that an earlier call used and whose cache is gone, so the forward keeps reusing its own hot
-working memory and the cache lands in memory that is already mapped.
+What it means for users: with ``run_with_cache(reuse_memory=True)`` (the default) every cached value is
+a *copy* of the activation taken when its hook fired, on every device, and the copies of CPU activations
+land in memory recycled from earlier caches that are gone. Values and aliasing are therefore the same on
+CPU and GPU: a cache never shares storage with the forward's tensors, and nothing a later hook does in
+place shows in it.
 
-Safety: a buffer is reused only when nothing but the pool references its storage: no tensor, view,
-NumPy array or autograd graph (checked by the storage's use count, so a view you kept of an old
-cache is never overwritten). Memory is bounded: the pool forgets buffers not used by the last three
-calls (the one running, the previous cache a loop like ``_, cache = model.run_with_cache(x)`` still
-holds while the next call runs, and the one before, whose memory that call reuses), so at most about
-two caches' worth of idle memory is held, and ``clear()`` (``model.clear_activation_pool()``)
-returns it at once. CUDA and other devices already cache memory in torch's allocator, so only CPU
-tensors are pooled; without the private use-count API the pool turns itself off (plain behaviour).
+Why: a cache keeps every activation of a forward alive, so each call needs fresh memory the size of the
+whole cache. On CPU, glibc returns such large freed blocks to the OS and the next call page-faults and
+zero-fills them again; recycling the buffers of dropped caches avoids that (measured in
+docs/benchmarks.md, "Forward pass"). GPU allocators already cache memory, so other devices get plain
+copies.
+
+Safety: a buffer is reused only when nothing but the pool references its storage (no tensor, view, NumPy
+array or autograd graph), checked with torch's storage use count. Where that (private) torch API is
+missing, the pool still copies but never recycles: same values, only slower. Memory is bounded: buffers
+not used by the last three calls are forgotten, and ``clear()`` (``model.clear_activation_pool()``)
+returns them at once. Calls from several threads are serialised by a lock.
 
 >>> pool = ActivationPool()
 >>> pool.new_call(); a = pool.take(torch.ones(3)); del a
@@ -22,6 +24,8 @@ tensors are pooled; without the private use-count API the pool turns itself off 
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import Tensor
@@ -45,47 +49,61 @@ class _Buffer:
 
 
 class ActivationPool:
-    """Buffers keyed by (shape, dtype), recycled once the caches they were handed to are gone."""
+    """Copies of activations; CPU ones in buffers keyed by (shape, dtype), recycled once their caches are gone."""
 
     keep_calls: int = 2  # buffers unused by this call and the last `keep_calls` calls are forgotten
 
     def __init__(self) -> None:
         self._free: dict[tuple, list[_Buffer]] = {}
         self._call = 0
-        self.enabled = _use_count is not None
+        self._lock = threading.Lock()
+
+    @property
+    def recycles(self) -> bool:
+        """True when CPU copies reuse memory (torch exposes the storage use count it needs)."""
+        return _use_count is not None
 
     def __getstate__(self) -> dict:  # copies and pickles of a model start with an empty pool
-        return {"_free": {}, "_call": 0, "enabled": self.enabled}
+        return {"_free": {}, "_call": 0}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def new_call(self) -> None:
         """Start a cache: forget buffers the last ``keep_calls`` calls did not use."""
-        self._call += 1
-        oldest = self._call - self.keep_calls
-        for key in list(self._free):
-            kept = [b for b in self._free[key] if b.call >= oldest]
-            if kept:
-                self._free[key] = kept
-            else:
-                del self._free[key]
+        with self._lock:
+            self._call += 1
+            oldest = self._call - self.keep_calls
+            for key in list(self._free):
+                kept = [b for b in self._free[key] if b.call >= oldest]
+                if kept:
+                    self._free[key] = kept
+                else:
+                    del self._free[key]
 
     def take(self, t: Tensor) -> Tensor:
-        """A copy of ``t`` in recycled memory (or ``t`` itself where pooling does not apply)."""
-        if not self.enabled or t.device.type != "cpu" or t.is_sparse or t.numel() == 0:
-            return t
+        """A copy of ``t``: in recycled memory for CPU tensors, a plain copy elsewhere."""
+        if not self.recycles or t.device.type != "cpu" or t.layout != torch.strided or t.numel() == 0:
+            return t.clone()
         key = (tuple(t.shape), t.dtype)
-        buffers = self._free.setdefault(key, [])
-        buf = next((b for b in buffers if b.call != self._call and b.idle()), None)
-        if buf is None:
-            buf = _Buffer(torch.empty(t.shape, dtype=t.dtype), self._call)
-            buffers.append(buf)
-        buf.call = self._call
-        return buf.tensor.view(buf.tensor.shape).copy_(t)  # a view: the cache's reference is counted
+        with self._lock:
+            buffers = self._free.setdefault(key, [])
+            buf = next((b for b in buffers if b.call != self._call and b.idle()), None)
+            if buf is None:
+                buf = _Buffer(torch.empty(t.shape, dtype=t.dtype), self._call)
+                buffers.append(buf)
+            buf.call = self._call
+            out = buf.tensor.view(buf.tensor.shape)  # a view: the cache's reference is counted
+        return out.copy_(t)
 
     def clear(self) -> None:
         """Forget every buffer (memory returns to the allocator once no cache uses it)."""
-        self._free.clear()
+        with self._lock:
+            self._free.clear()
 
     @property
     def nbytes(self) -> int:
         """Bytes of buffers the pool holds (in use by a live cache or idle)."""
-        return sum(b.tensor.nbytes for bufs in self._free.values() for b in bufs)
+        with self._lock:
+            return sum(b.tensor.nbytes for bufs in self._free.values() for b in bufs)

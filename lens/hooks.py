@@ -19,10 +19,9 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +29,8 @@ import torch
 from torch import nn
 
 from lens.activation_pool import ActivationPool
+from lens.hook_cache import HookCache
+from lens.names import unknown_hook_error
 
 HookFn = Callable[..., Any]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -168,22 +169,6 @@ def _call_bwd(fn: HookFn, point: HookPoint, grad: torch.Tensor) -> torch.Tensor 
     return out
 
 
-def closest_names(name: str, valid: Iterable[str], n: int = 5) -> list[str]:
-    """Valid names closest to ``name`` (for error messages)."""
-    valid = list(valid)
-    close = difflib.get_close_matches(name, valid, n=n, cutoff=0.4)
-    if not close:
-        tail = name.split(".")[-1]
-        close = [v for v in valid if v.endswith(tail)][:n]
-    return close
-
-
-def unknown_hook_error(name: str, valid: Iterable[str]) -> ValueError:
-    close = closest_names(name, valid)
-    hint = f" Closest valid names: {close}" if close else ""
-    return ValueError(f"unknown hook name {name!r}.{hint}")
-
-
 class HookedRootModule(nn.Module):
     """Base class that names hook points and manages hooks on them.
 
@@ -191,6 +176,8 @@ class HookedRootModule(nn.Module):
     """
 
     hook_dict: dict[str, HookPoint]
+    cache_class: type = HookCache
+    """What ``run_with_cache`` returns: ``cache_class(dict, model, has_batch_dim=...)``."""
 
     def setup(self) -> None:
         """Name every HookPoint after its module path and index them in ``hook_dict``."""
@@ -309,9 +296,10 @@ class HookedRootModule(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], list[HookSpec], list[HookSpec]]:
         """Hooks that store activations (and gradients as ``name + "_grad"``) into a dict.
 
-        With a ``pool`` (see :mod:`lens.activation_pool`) each activation is copied into recycled
-        memory; an activation seen by several hook points (``resid_post`` of one block is ``resid_pre``
-        of the next) is copied once and shared, as without a pool.
+        With a ``pool`` (see :mod:`lens.activation_pool`) each activation is stored as a copy taken when
+        its hook fired, on every device (CPU copies land in recycled memory); an activation seen by several
+        hook points (``resid_post`` of one block is ``resid_pre`` of the next) is copied once and shared.
+        Without one, the dict keeps references to the forward's own tensors.
         """
         cache = {} if cache is None else cache
         keep = self.names_filter_fn(names_filter)
@@ -330,7 +318,7 @@ class HookedRootModule(nn.Module):
             if remove_batch_dim:
                 t = t[0]
             moved = t.to(device) if device is not None else t
-            if moved is t and pool is not None and pool.enabled:
+            if moved is t and pool is not None:  # not moved (a move is a copy already): copy through the pool
                 moved = pooled(tensor)[0] if remove_batch_dim else pooled(tensor)
             cache[hook.name + suffix] = moved
 
@@ -357,20 +345,24 @@ class HookedRootModule(nn.Module):
         reuse_memory: bool = True,
         **kwargs: Any,
     ) -> tuple[Any, Any]:
-        """Run the forward and return ``(output, ActivationCache)`` of the selected activations.
+        """Run the forward and return ``(output, cache)`` of the selected activations.
+
+        The cache is ``self.cache_class`` (:class:`lens.hook_cache.HookCache`; a transformer's is
+        :class:`lens.ActivationCache`).
 
         ``names_filter``: None (all), a hook name, a list of names, or ``fn(name) -> bool``.
         ``incl_bwd=True`` also backpropagates ``output`` (which must then be a scalar, e.g.
         ``return_type="loss"``) and stores gradients under ``name + "_grad"``.
-        ``reuse_memory=True`` (default) copies CPU activations into memory recycled from earlier caches
-        that are gone, instead of keeping the forward's own tensors (see :mod:`lens.activation_pool`;
-        ``model.clear_activation_pool()`` releases it); ``False`` keeps references, as TransformerLens does.
+        ``reuse_memory=True`` (default): every cached value is a copy taken when its hook fired, on every
+        device, so a later in-place edit of the activation (by another hook) never shows in the cache; on
+        CPU the copies land in memory recycled from earlier caches that are gone (:mod:`lens.activation_pool`;
+        ``model.clear_activation_pool()`` releases it). A buffer is recycled only when no tensor, view or
+        NumPy array of it is alive; a bare ``untyped_storage()`` does not keep it, so keep a tensor.
+        ``reuse_memory=False`` keeps references to the forward's own tensors, as TransformerLens does.
 
         >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "pattern" in n)
         >>> cache["pattern", 0].shape  # [batch, head, query_pos, key_pos]
         """
-        from lens.cache import ActivationCache
-
         if remove_batch_dim:
             batch = _batch_size(args, kwargs)
             if batch is not None and batch != 1:
@@ -389,7 +381,7 @@ class HookedRootModule(nn.Module):
                 if not isinstance(target, torch.Tensor) or target.numel() != 1:
                     raise ValueError("incl_bwd=True needs a scalar output to backpropagate (use return_type='loss')")
                 target.backward()
-        return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+        return out, self.cache_class(store, self, has_batch_dim=not remove_batch_dim)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from lens.analysis.cache import ActivationCache
 from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
 from lens.config import TransformerConfig
 from lens.generation import GenerationMixin, fast_step
@@ -40,6 +41,8 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
         tokenizer: a :class:`lens.tokenizer.Tokenizer` (optional; needed for string inputs).
         init: initialise weights randomly (GPT-2 style, seeded by ``seed``); loaders pass False.
     """
+
+    cache_class = ActivationCache  # run_with_cache returns one (cache analysis: lens.analysis)
 
     def __init__(
         self,

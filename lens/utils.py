@@ -1,4 +1,4 @@
-"""Small shared utilities: TransformerLens-style activation names and loss helpers.
+"""Small shared utilities: TransformerLens-style activation names (from :mod:`lens.names`) and loss helpers.
 
 >>> get_act_name("pattern", 3)
 'blocks.3.attn.hook_pattern'
@@ -14,54 +14,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-# Short names -> (sub-module, full hook name) as TransformerLens's get_act_name spells them.
-_ALIASES = {
-    "attn": "pattern",
-    "attn_logits": "attn_scores",
-    "key": "k",
-    "query": "q",
-    "value": "v",
-    "mlp_pre": "pre",
-    "mlp_mid": "mid",
-    "mlp_post": "post",
-}
-_LAYER_TYPE_ALIASES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
-_ATTN_ACTS = {
-    "q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_scores",
-    "q_input", "k_input", "v_input",
-}  # fmt: skip
-_MLP_ACTS = {"pre", "pre_linear", "mid", "post"}
-_TOP_LEVEL = {"embed", "pos_embed", "tokens"}
+from lens.names import get_act_name
 
-
-def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """Full hook name for a TransformerLens short name (``"pattern"``, ``"resid_pre"``, ...).
-
-    Names that already contain a dot or start with ``hook_`` are returned as given.
-    ``layer_type`` disambiguates ``"scale"``/``"normalized"`` (``"ln1"``, ``"ln2"``, ``"ln_final"``).
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"activation name must be a str, got {type(name).__name__}")
-    if ("." in name or name.startswith("hook_")) and layer is None:
-        return name
-    name = _ALIASES.get(name, name)
-    if layer_type is not None:
-        layer_type = _LAYER_TYPE_ALIASES.get(layer_type, layer_type)
-    if name in _TOP_LEVEL:
-        return f"hook_{name}"
-    if name in ("scale", "normalized"):
-        if layer is None or layer_type in ("ln_final", "final"):
-            return f"ln_final.hook_{name}"
-        return f"blocks.{layer}.{layer_type or 'ln1'}.hook_{name}"
-    if layer is None:
-        raise ValueError(f"activation {name!r} needs a layer index")
-    if name in _ATTN_ACTS:
-        return f"blocks.{layer}.attn.hook_{name}"
-    if name in _MLP_ACTS:
-        return f"blocks.{layer}.mlp.hook_{name}"
-    if layer_type:
-        return f"blocks.{layer}.{layer_type}.hook_{name}"
-    return f"blocks.{layer}.hook_{name}"
+__all__ = ["get_act_name", "keep_freed_memory", "lm_cross_entropy_loss"]
 
 
 def lm_cross_entropy_loss(

@@ -22,6 +22,8 @@ from lens.hooks import HookPoint
 class LayerNorm(nn.Module):
     """``(x - mean) / scale * w + b`` over the last dimension."""
 
+    centered = True  # subtracts the mean before scaling (analysis reads this to replay the norm)
+
     def __init__(self, d: int, eps: float, bias: bool = True, dtype=torch.float32, device=None):
         super().__init__()
         self.d, self.eps = d, eps
@@ -59,6 +61,8 @@ class LayerNorm(nn.Module):
 
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * w``, computed in float32 and cast back as Hugging Face does."""
+
+    centered = False
 
     def __init__(self, d: int, eps: float, dtype=torch.float32, device=None):
         super().__init__()

@@ -138,8 +138,6 @@ class ActivationCacheAnalysisMixin:
     def _ln_scale(
         self, layer: int, mlp_input: bool, pos_slice: SliceLike, batch_slice: SliceLike
     ) -> Float[Tensor, "*batch_and_pos 1"]:
-        from lens.components.norm import LayerNorm
-
         norm, scale_key, input_key = self._norm_site(layer, mlp_input)
         resid_ndim = 3 if self.has_batch_dim else 2
         if scale_key in self.cache_dict:
@@ -148,7 +146,7 @@ class ActivationCacheAnalysisMixin:
                 scale = scale[..., 0, :]
         elif input_key in self.cache_dict:
             x = self.cache_dict[input_key].float()
-            if isinstance(norm, LayerNorm):
+            if norm.centered:
                 x = x - x.mean(-1, keepdim=True)
             scale = (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
         else:
@@ -188,14 +186,12 @@ class ActivationCacheAnalysisMixin:
         norm, _, _ = self._norm_site(layer, mlp_input)
         if norm is None:
             return residual_stack
-        from lens.components.norm import LayerNorm
-
         if has_batch_dim and batch_slice is not None:
             residual_stack = apply_slice(residual_stack, batch_slice, 1)
         if recompute_ln:
             return norm(residual_stack)
         x = residual_stack
-        if isinstance(norm, LayerNorm):
+        if norm.centered:
             x = x - x.mean(-1, keepdim=True)
         scale = self._ln_scale(layer, mlp_input, pos_slice, batch_slice if has_batch_dim else None)
         return (x / scale).to(residual_stack.dtype) * norm.w
