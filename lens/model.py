@@ -15,16 +15,18 @@ torch.Size([1, 4, 3, 3])
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from lens import generation
 from lens.analysis.cache import ActivationCache
 from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
 from lens.config import TransformerConfig
-from lens.generation import GenerationMixin, fast_step
+from lens.generation import GenerationConfig
 from lens.hooks import HookedRootModule, HookPoint
 from lens.tokenizer import Tokenizer, TokenizerMixin
 from lens.utils import lm_cross_entropy_loss
@@ -33,7 +35,7 @@ from lens.weights import WeightsMixin
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, GenerationMixin):
+class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
     """A hooked decoder-only transformer described by a :class:`TransformerConfig`.
 
     Args:
@@ -186,7 +188,13 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
                 hint = "raise n_ctx in the config or load with context_size_override"
             raise ValueError(f"the input has {total} positions, but the model's context n_ctx is {n_ctx}; {hint}")
 
-    def _check_tokens(self, tokens: Tensor) -> Tensor:
+    def check_tokens(self, tokens: Tensor) -> Int[Tensor, "batch pos"]:
+        """Token ids checked against this model: ``[batch, pos]`` (a ``[pos]`` input gains a batch dim),
+        integer, non-empty, inside ``[0, d_vocab)``, on the model's device. ``TypeError``/``ValueError`` otherwise.
+
+        >>> model.check_tokens(torch.tensor([1, 2, 3])).shape
+        torch.Size([1, 3])
+        """
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a tensor, string or list of strings, got {type(tokens).__name__}")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
@@ -201,7 +209,7 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
         if lo < 0 or hi >= self.cfg.d_vocab:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is outside the vocabulary [0, d_vocab={self.cfg.d_vocab})")
-        return tokens
+        return tokens.to(self.embed.weight.device)
 
     def _prepare_input(
         self, input: Any, attention_mask: Tensor | None, prepend_bos: bool | None, padding_side: str | None
@@ -214,10 +222,13 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
                 attention_mask = mask
         else:
             tokens = input
-        tokens = self._check_tokens(tokens)
-        return tokens.to(self.embed.weight.device), attention_mask
+        return self.check_tokens(tokens), attention_mask
 
-    def _check_mask(self, attention_mask: Tensor | None, batch: int, length: int) -> Tensor | None:
+    def check_attention_mask(
+        self, attention_mask: Tensor | None, batch: int, length: int
+    ) -> Int[Tensor, "batch pos"] | None:
+        """``attention_mask`` checked against an input of ``[batch, length]`` (a ``[pos]`` mask gains a batch
+        dim); None stays None. ``TypeError``/``ValueError`` naming the shapes otherwise."""
         if attention_mask is None:
             return None
         if not isinstance(attention_mask, Tensor):
@@ -283,6 +294,7 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
         past_kv_cache: Any = None,
+        logits_to_keep: int = 0,
     ) -> Any:
         """Run the model.
 
@@ -297,6 +309,10 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
             start_at_layer / stop_at_layer: run only blocks ``[start, stop)``; with ``stop_at_layer``
                 the residual stream before that block is returned.
             tokens: the token ids, needed for the loss when ``start_at_layer`` is set.
+            past_kv_cache: a :class:`lens.generation.KVCache` holding earlier positions; ``input`` is then
+                the new tokens only (and ``attention_mask`` covers them), and the cache advances past them.
+            logits_to_keep: unembed only the last N positions (0: all), as Hugging Face's argument of the
+                same name; the final norm and its hooks still see every position.
 
         >>> loss = model(tokens, return_type="loss")
         >>> resid = model(tokens, stop_at_layer=1)          # [batch, pos, d_model]
@@ -317,8 +333,12 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
                 )
             batch, length = input.shape[:2]
             if tokens is not None:
-                tokens = self._check_tokens(tokens)
-        attention_mask = self._check_mask(attention_mask, batch, length)
+                tokens = self.check_tokens(tokens)
+        attention_mask = self.check_attention_mask(attention_mask, batch, length)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps every position), got {logits_to_keep!r}")
+        if logits_to_keep and return_type in ("loss", "both"):
+            raise ValueError("the loss needs the logits of every position; logits_to_keep must be 0")
         if return_type in ("loss", "both") and stop_at_layer is None and tokens is None:
             raise ValueError("return_type='loss' with start_at_layer needs tokens=... for the targets")
 
@@ -329,42 +349,108 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin, Generati
             return resid
         if return_type is None:
             return None
-        logits = self._unembed_final(resid)
+        logits = self._unembed_final(resid, logits_to_keep)
         if return_type == "logits":
             return logits
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
     def _run_blocks(
-        self,
-        resid: Float[Tensor, "batch pos d_model"],
-        ctx: Any,
-        start: int,
-        stop: int,
-        kv_cache: Any,
-        hook_free: fast_step.Prepared | None = None,
+        self, resid: Float[Tensor, "batch pos d_model"], ctx: Any, start: int, stop: int, kv_cache: Any
     ) -> Float[Tensor, "batch pos d_model"]:
-        """Blocks ``[start, stop)`` over ``resid``; then a KV cache moves past these positions.
-
-        Shared by ``forward`` and the generation step (``_next_logits``) so the two cannot drift apart.
-        ``hook_free`` (a :class:`lens.generation.fast_step.Prepared`, only when nothing is hooked) runs
-        every block without the module machinery instead.
-        """
-        if hook_free is not None:
-            resid = fast_step.run_blocks(hook_free, resid, ctx)
-        else:
-            blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
-            for block in blocks:
-                resid = block(resid, ctx)
+        """Blocks ``[start, stop)`` over ``resid``; then a KV cache moves past these positions."""
+        blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
+        for block in blocks:
+            resid = block(resid, ctx)
         if kv_cache is not None and hasattr(kv_cache, "advance"):
             kv_cache.advance(ctx.q_len)
         return resid
 
-    def _unembed_final(self, resid: Float[Tensor, "batch pos d_model"], last_only: bool = False) -> Tensor:
-        """Final norm over every position (its hooks see them all), then logits ``[batch, (pos,) vocab]``."""
+    def _unembed_final(self, resid: Float[Tensor, "batch pos d_model"], keep: int = 0) -> Tensor:
+        """Final norm over every position (its hooks see them all), then logits of the last ``keep`` (0: all)."""
         if self.ln_final is not None:
             resid = self.ln_final(resid)
-        return self.unembed(resid[:, -1] if last_only else resid)
+        return self.unembed(resid[:, -keep:] if keep else resid)
+
+    # -- decoding -----------------------------------------------------------------------------------
+    def decode_step(
+        self,
+        tokens: Int[Tensor, "batch q"],
+        kv_cache: Any = None,
+        attention_mask: Int[Tensor, "batch q"] | None = None,
+    ) -> Float[Tensor, "batch vocab"]:
+        """One step of autoregressive decoding: float32 logits at the last position.
+
+        ``tokens`` are the new positions (the prompt for a prefill, one token per row after it) and
+        ``kv_cache`` (a :class:`lens.generation.KVCache`) holds everything before them and advances past
+        them; ``attention_mask`` marks padding among the new tokens. Without a cache ``tokens`` is the
+        whole sequence and ``attention_mask`` covers it. This is ``model(tokens, past_kv_cache=kv_cache,
+        logits_to_keep=1)``: the ordinary forward, so every hook (hook points, PyTorch module hooks,
+        global module hooks) fires on every step. ``generate``, beam search and streaming all decode
+        through it.
+
+        >>> cache = KVCache.for_model(model, batch=1, max_len=16)
+        >>> logits = model.decode_step(prompt, cache)                        # [1, d_vocab]
+        >>> logits = model.decode_step(logits.argmax(-1, keepdim=True), cache)
+        """
+        logits = self(tokens, past_kv_cache=kv_cache, attention_mask=attention_mask, logits_to_keep=1)
+        return logits[:, -1].float()
+
+    def generate(
+        self,
+        input: str | list[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"] = "",
+        max_new_tokens: int | None = None,
+        *,
+        config: GenerationConfig | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        **settings: Any,
+    ) -> Any:
+        """Continue ``input`` by up to ``max_new_tokens`` tokens (None: fill the rest of the context).
+
+        ``input``: a string, a list of strings (left-padded into one batch), or token ids ``[pos]`` /
+        ``[batch, pos]`` (with ``attention_mask`` when left-padded). Settings are the fields of
+        :class:`lens.generation.GenerationConfig` (``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``early_stopping``,
+        ``stop_at_eos``, ``eos_token_id``, ``prepend_bos``, ``padding_side``, ``seed``,
+        ``use_past_kv_cache``, ``kv_cache_dtype``, ``return_type``, ``output_logprobs``, ``return_cache``,
+        ``names_filter``, ``verbose``), given as keywords, as ``config=``, or both (keywords win). Greedy
+        by default; tokens, samples and beams equal ``transformers``' ``generate`` for the same weights.
+        Hooks set with ``model.hooks(...)`` fire on the prompt's forward and on every decode step.
+
+        Returns the output (same kind as ``input`` unless ``return_type`` says otherwise), or
+        ``GenerationOutput(output, logprobs, cache)`` when ``output_logprobs`` or ``return_cache`` is set.
+
+        >>> model.generate("The cat", max_new_tokens=10)                          # str in, str out
+        >>> model.generate(tokens, 20, do_sample=True, top_p=0.9, seed=0)          # tokens in, tokens out
+        >>> model.generate(["Hi", "A longer prompt"], config=GenerationConfig(max_new_tokens=8, num_beams=4))
+        """
+        if max_new_tokens is not None:
+            settings["max_new_tokens"] = max_new_tokens
+        cfg = generation.config.resolve(config, settings)
+        return generation.generate(self, input, cfg, attention_mask)
+
+    def generate_stream(
+        self,
+        input: str | list[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"] = "",
+        max_new_tokens: int | None = None,
+        *,
+        config: GenerationConfig | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        **settings: Any,
+    ) -> Iterator[Any]:
+        """Like :meth:`generate` (without beams or ``return_cache``), yielding each step's output as it exists.
+
+        Yields text deltas for string prompts (one string, or a list per row), else the new tokens
+        ``[batch]``; ``(item, logprobs [batch])`` with ``output_logprobs``. Settings are checked here,
+        before the first item is asked for.
+
+        >>> for piece in model.generate_stream("Once upon a time", 50):
+        ...     print(piece, end="")
+        """
+        if max_new_tokens is not None:
+            settings["max_new_tokens"] = max_new_tokens
+        cfg = generation.config.resolve(config, settings)
+        return generation.generate_stream(self, input, cfg, attention_mask)
 
     def loss_fn(
         self,

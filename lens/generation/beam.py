@@ -19,7 +19,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lens.generation import fast_step
 from lens.generation.kv_cache import KVCache
 from lens.generation.plan import GenerationPlan
 
@@ -87,9 +86,8 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
     token_lp = running_lp.clone() if track_lp else None
     batch_offset = torch.arange(B, device=dev)[:, None] * nb
 
-    cache = KVCache.for_model(model, B * nb, max_length, plan.kv_cache_dtype) if plan.use_cache else None
-    prepared = fast_step.Prepared(model, rows=B * nb * max_new)
-    logits = model._next_logits(tokens, mask, cache, prepared)
+    cache = KVCache.for_model(model, B * nb, max_length, plan.kv_cache_dtype) if plan.use_past_kv_cache else None
+    logits = model.decode_step(tokens, cache, attention_mask=mask)
     bar = None
     if plan.verbose:
         from tqdm.auto import tqdm
@@ -148,10 +146,12 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
             break
         if cache is not None:
             cache.reorder(running_idx[:, :, cur - 1 - P].reshape(-1).long())
-            logits = model._next_logits(running_seq[:, :, cur - 1].reshape(B * nb, 1), None, cache, prepared)
+            logits = model.decode_step(running_seq[:, :, cur - 1].reshape(B * nb, 1), cache)
         else:
             flat = running_seq[:, :, :cur].reshape(B * nb, cur)
-            logits = model._next_logits(flat, None if history_mask is None else history_mask[:, :cur], None, prepared)
+            logits = model.decode_step(
+                flat, None, attention_mask=None if history_mask is None else history_mask[:, :cur]
+            )
 
     if bar is not None:
         bar.close()

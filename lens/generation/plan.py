@@ -5,14 +5,13 @@ settings, beam settings, an empty prompt, a missing EOS token, and a prompt plus
 longer than the model's context (Lit-GPT style, with the numbers). The result is a
 :class:`GenerationPlan` that the decode loops (``generate.py``, ``beam.py``) follow.
 
->>> plan = make_plan(model, "Hello", max_new_tokens=5)
+>>> plan = make_plan(model, "Hello", GenerationConfig(max_new_tokens=5))
 >>> plan.tokens.shape, plan.max_new
 (torch.Size([1, 6]), 5)
 """
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +19,15 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from lens.generation.kv_cache import KV_CACHE_DTYPES
+from lens.generation.config import GenerationConfig
 from lens.generation.sampling import SamplingConfig
-
-RETURN_TYPES = ("input", "str", "tokens")
 
 
 @dataclass
 class GenerationPlan:
-    """A validated ``generate`` call: the left-padded prompt and every decoding setting."""
+    """A validated ``generate`` call: its :class:`GenerationConfig` and the left-padded prompt."""
 
+    config: GenerationConfig
     tokens: Int[Tensor, "batch prompt"]
     mask: Bool[Tensor, "batch prompt"] | None  # None when no row is padded
     max_new: int
@@ -37,27 +35,17 @@ class GenerationPlan:
     eos: Int[Tensor, " n_eos"] | None  # None unless stopping at EOS
     fill_id: int  # written after a row has finished (pad if the tokenizer has one, else the first EOS)
     generator: torch.Generator | None
-    use_cache: bool
-    kv_cache_dtype: str | None
-    num_beams: int
-    length_penalty: float
-    early_stopping: bool | str
     output_kind: str  # "str", "strs", "tokens" or "tokens1d"
     strip_bos: bool  # a BOS that generate itself prepended (left out of decoded strings)
-    output_logprobs: bool
-    verbose: bool
 
     @property
     def prompt_len(self) -> int:
         return self.tokens.shape[1]
 
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    def __getattr__(self, name: str) -> Any:  # num_beams, use_past_kv_cache, verbose, ...: the config's
+        if name.startswith("__") or name == "config":
+            raise AttributeError(name)
+        return getattr(self.config, name)
 
 
 def check_context(cfg: Any, prompt_len: int, max_new_tokens: int | None) -> int:
@@ -94,20 +82,14 @@ def check_context(cfg: Any, prompt_len: int, max_new_tokens: int | None) -> int:
     return max_new_tokens
 
 
-def _eos_ids(model: Any, eos_token_id: int | list[int] | None) -> list[int]:
+def _eos_ids(model: Any, eos_token_id: list[int] | None) -> list[int]:
     if eos_token_id is None:
         tokenizer = getattr(model, "tokenizer", None)
         return list(tokenizer.eos_token_ids) if tokenizer is not None else []
-    ids = [eos_token_id] if isinstance(eos_token_id, numbers.Integral) else eos_token_id
-    if isinstance(eos_token_id, bool) or not isinstance(ids, (list, tuple)) or not ids:
-        raise TypeError(f"eos_token_id must be an int or a non-empty list of ints, got {eos_token_id!r}")
-    out = []
-    for i in ids:
-        i = _int_arg("eos_token_id", i, 0)
+    for i in eos_token_id:
         if i >= model.cfg.d_vocab:
             raise ValueError(f"eos_token_id {i} is outside the vocabulary [0, d_vocab={model.cfg.d_vocab})")
-        out.append(i)
-    return out
+    return list(eos_token_id)
 
 
 def _left_align(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,14 +104,12 @@ def _prompt(
     model: Any, input: Any, attention_mask: Tensor | None, prepend_bos: bool | None, padding_side: str
 ) -> tuple[Tensor, Tensor | None, str, bool]:
     """(tokens, mask | None, output kind, strip_bos) with any padding on the left."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if isinstance(input, str) or (isinstance(input, list) and all(isinstance(s, str) for s in input)):
         if isinstance(input, list) and not input:
             raise ValueError("the prompt list is empty; pass at least one prompt")
         if attention_mask is not None:
             raise ValueError("attention_mask is only for token inputs; string prompts build their own")
-        bos = model._resolve_bos(prepend_bos)
+        bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
         tokens, mask = model.to_tokens(input, prepend_bos=bos, padding_side=padding_side, return_attention_mask=True)
         kind = "str" if isinstance(input, str) else "strs"
         strip_bos = bool(bos)
@@ -144,9 +124,9 @@ def _prompt(
         tokens = tokens.unsqueeze(0)
     if tokens.numel() == 0:
         raise ValueError("the prompt is empty; generate needs at least one token to condition on")
-    tokens = model._check_tokens(tokens).to(model.embed.weight.device)
+    tokens = model.check_tokens(tokens)
     if mask is not None:
-        mask = model._check_mask(mask, *tokens.shape).to(tokens.device).bool()
+        mask = model.check_attention_mask(mask, *tokens.shape).to(tokens.device).bool()
         if padding_side == "right" and kind in ("str", "strs"):
             tokens, mask = _left_align(tokens, mask)
         empty = (~mask.any(-1)).nonzero().flatten().tolist()
@@ -159,106 +139,42 @@ def _prompt(
     return tokens, mask, kind, strip_bos
 
 
-def make_plan(
-    model: Any,
-    input: Any,
-    max_new_tokens: int | None = None,
-    *,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    stop_at_eos: bool = True,
-    eos_token_id: int | list[int] | None = None,
-    prepend_bos: bool | None = None,
-    padding_side: str = "left",
-    attention_mask: Tensor | None = None,
-    seed: int | None = None,
-    use_past_kv_cache: bool = True,
-    kv_cache_dtype: str | None = None,
-    return_type: str = "input",
-    output_logprobs: bool = False,
-    verbose: bool = False,
-) -> GenerationPlan:
-    """Validate a ``generate`` call and prepare its prompt; raises before any model compute."""
-    sampling = SamplingConfig(
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-    )
-    num_beams = _int_arg("num_beams", num_beams, 1)
-    if num_beams > 1 and do_sample:
-        raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported; use one or the other")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
-        raise TypeError(f"length_penalty must be a real number, got {length_penalty!r}")
-    if early_stopping not in (True, False, "never"):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if max_new_tokens is not None:
-        max_new_tokens = _int_arg("max_new_tokens", max_new_tokens, 0)
-    if return_type not in RETURN_TYPES:
-        raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
-    if kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
-    if kv_cache_dtype is not None and not use_past_kv_cache:
-        raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} needs use_past_kv_cache=True")
-    for name, flag in (
-        ("stop_at_eos", stop_at_eos),
-        ("use_past_kv_cache", use_past_kv_cache),
-        ("output_logprobs", output_logprobs),
-        ("verbose", verbose),
-    ):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if seed is not None:
-        seed = _int_arg("seed", seed, 0)
-    eos = _eos_ids(model, eos_token_id)
-    if stop_at_eos and not eos:
+def make_plan(model: Any, input: Any, config: GenerationConfig, attention_mask: Tensor | None = None) -> GenerationPlan:
+    """Check ``config`` against ``model`` and prepare the prompt; raises before any model compute."""
+    eos = _eos_ids(model, config.eos_token_id)
+    if config.stop_at_eos and not eos:
         raise ValueError(
             "stop_at_eos=True but no EOS token is known (the model has no tokenizer with one); "
             "pass eos_token_id=... or stop_at_eos=False"
         )
-    tokens, mask, kind, strip_bos = _prompt(model, input, attention_mask, prepend_bos, padding_side)
-    if return_type == "str" and getattr(model, "tokenizer", None) is None:
-        raise ValueError("return_type='str' needs a tokenizer; set one with model.set_tokenizer(...)")
-    max_new = check_context(model.cfg, tokens.shape[1], max_new_tokens)
+    tokens, mask, kind, strip_bos = _prompt(model, input, attention_mask, config.prepend_bos, config.padding_side)
     tokenizer = getattr(model, "tokenizer", None)
+    if config.return_type == "str" and tokenizer is None:
+        raise ValueError("return_type='str' needs a tokenizer; set one with model.set_tokenizer(...)")
+    max_new = check_context(model.cfg, tokens.shape[1], config.max_new_tokens)
     pad = tokenizer.pad_token_id if tokenizer is not None else None
     fill_id = pad if pad is not None else (eos[0] if eos else 0)
     device = tokens.device
     generator = None
-    if seed is not None:
+    if config.seed is not None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+        generator.manual_seed(config.seed)
     output_kind = kind
-    if return_type == "str":
+    if config.return_type == "str":
         output_kind = "str" if kind in ("str", "tokens1d") else "strs"
-    elif return_type == "tokens":
+    elif config.return_type == "tokens":
         output_kind = "tokens1d" if kind == "tokens1d" else "tokens"
     return GenerationPlan(
+        config=config,
         tokens=tokens,
         mask=mask,
         max_new=max_new,
-        sampling=sampling,
-        eos=torch.tensor(eos, device=device) if stop_at_eos else None,
+        sampling=config.sampling,
+        eos=torch.tensor(eos, device=device) if config.stop_at_eos else None,
         fill_id=fill_id,
         generator=generator,
-        use_cache=use_past_kv_cache,
-        kv_cache_dtype=kv_cache_dtype,
-        num_beams=num_beams,
-        length_penalty=float(length_penalty),
-        early_stopping=early_stopping,
         output_kind=output_kind,
         strip_bos=strip_bos,
-        output_logprobs=output_logprobs,
-        verbose=verbose,
     )
 
 

@@ -140,7 +140,7 @@ def _tokens(model: Any, tokens: Any) -> Tensor:
         tokens = model.to_tokens(tokens)
     if not isinstance(tokens, Tensor):
         raise TypeError(f"tokens must be a [batch, pos] tensor of ids or text, got {type(tokens).__name__}")
-    return model._check_tokens(tokens).to(model.embed.weight.device)
+    return model.check_tokens(tokens)
 
 
 def head_scores(

@@ -81,7 +81,7 @@ def logit_lens(
         input = model.to_tokens(input)
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be token ids or text, got {type(input).__name__}")
-    tokens = model._check_tokens(input).to(model.embed.weight.device)
+    tokens = model.check_tokens(input)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= model.cfg.d_vocab:
         raise ValueError(f"top_k={top_k!r} must be an int in [1, d_vocab={model.cfg.d_vocab}]")
     if not -tokens.shape[0] <= batch_index < tokens.shape[0]:

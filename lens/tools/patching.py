@@ -178,7 +178,7 @@ def check_tokens(model: Any, tokens: Any) -> Int[Tensor, "batch pos"]:
         tokens = model.to_tokens(tokens)
     if not isinstance(tokens, Tensor):
         raise TypeError(f"corrupted_tokens must be a [batch, pos] tensor of token ids, got {type(tokens).__name__}")
-    return model._check_tokens(tokens).to(model.embed.weight.device)
+    return model.check_tokens(tokens)
 
 
 def _hook_layer(name: str, n_layers: int) -> int | None:
