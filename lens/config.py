@@ -1,7 +1,7 @@
 """`TransformerConfig`: the validated description of a lens transformer.
 
 Every architectural choice lives here as data, so shared components never test family names: a
-per-family adapter (``lens.adapters``) turns a Hugging Face config into one of these.
+per-family adapter (``lens.families``) turns a Hugging Face config into one of these.
 
 Example:
     >>> cfg = TransformerConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=100, n_ctx=128)
@@ -20,6 +20,10 @@ import torch
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu", "quick_gelu", "solu_ln")
 NORMALIZATIONS = ("LN", "RMS", None)
 POSITIONALS = ("learned", "rotary", None)
+
+# Models trained on longer contexts load with this ``n_ctx`` (``context_size_override`` raises it up to
+# ``n_ctx_trained``); the one definition, read by the families' configs and by lens.loading.
+DEFAULT_MAX_CONTEXT = 4096
 
 _DTYPES = {
     "float32": torch.float32,

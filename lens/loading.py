@@ -1,5 +1,12 @@
 """Load Hugging Face-format checkpoints from local disk into a :class:`lens.HookedTransformer`.
 
+The one place that turns a Hugging Face config or model into a lens model: :func:`from_pretrained`
+(directories and model objects, with the context policy, tokenizer and optional weight processing) and
+:func:`from_hf_model` (a model object as its adapter reads it) share the same config, reader and fill
+steps. The per-family mappings they apply live in :mod:`lens.families`. This module sits below
+:mod:`lens.model`: callers pass the class to build (``HookedTransformer.from_pretrained`` passes itself;
+``lens.adapters.from_hf_model`` passes ``HookedTransformer``).
+
 lens never touches the network: ``source`` is a local directory (``config.json`` plus
 ``model.safetensors``, a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin`` as a
 fallback; ``tokenizer.json`` when present) or a ``transformers`` model object already in memory.
@@ -11,11 +18,13 @@ more than the tensors in flight); a tensor that changes dtype is converted in ro
 the adapters already in the model dtype, so e.g. Gemma's ``1 + w`` is computed in float32 when a
 bf16 checkpoint loads as float32, as ``transformers`` does.
 
-Long-context models load with ``n_ctx = min(n_ctx_trained, 4096)``; ``context_size_override`` picks
-any context up to the trained maximum.
+Long-context models load with ``n_ctx = min(n_ctx_trained, DEFAULT_MAX_CONTEXT)`` (see
+:mod:`lens.config`); ``context_size_override`` picks any context up to the trained maximum.
 
->>> model = from_pretrained(Path("checkpoints/pythia-70m"), dtype="bf16")  # a local directory  # doctest: +SKIP
->>> model = from_pretrained(Path("checkpoints/mistral-7b"), context_size_override=16384)  # doctest: +SKIP
+>>> from lens import HookedTransformer
+>>> model = HookedTransformer.from_pretrained(Path("ckpt/mistral-7b"), context_size_override=16384)  # doctest: +SKIP
+>>> model = from_pretrained(Path("ckpt/pythia-70m"), model_class=HookedTransformer)  # doctest: +SKIP
+>>> model = from_hf_model(GPT2LMHeadModel(GPT2Config()), model_class=HookedTransformer)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,20 +33,28 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lens.adapters import find_adapter, load_weights
-from lens.adapters.base import DEFAULT_MAX_CONTEXT, Adapter
-from lens.config import TransformerConfig, resolve_dtype
-from lens.processing import check_processing, process_weights
+from lens.config import DEFAULT_MAX_CONTEXT, TransformerConfig, resolve_dtype
+from lens.families import find_adapter
+from lens.families.base import Adapter, WeightSpec
+from lens.processing import ProcessingFlags, process_weights
 from lens.tokenizer import Tokenizer
 
-__all__ = ["CheckpointReader", "apply_context", "from_pretrained", "open_checkpoint", "read_hf_config"]
+__all__ = [
+    "CheckpointReader",
+    "apply_context",
+    "from_hf_model",
+    "from_pretrained",
+    "load_weights",
+    "open_checkpoint",
+    "read_hf_config",
+]
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -46,16 +63,15 @@ TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 def from_pretrained(
     source: str | os.PathLike | Any,
     *,
+    model_class: type,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     context_size_override: int | None = None,
-    fold_ln: bool = False,
-    center_writing_weights: bool = False,
-    center_unembed: bool = False,
-    fold_value_biases: bool = False,
-    model_class: type | None = None,
+    flags: ProcessingFlags | None = None,
+    **processing: bool,
 ):
-    """A :class:`lens.HookedTransformer` with the weights of a local checkpoint or ``transformers`` model.
+    """A ``model_class`` (:class:`lens.HookedTransformer`) with the weights of a local checkpoint or
+    ``transformers`` model; users call ``HookedTransformer.from_pretrained``, which passes itself.
 
     Args:
         source: a local Hugging Face-format directory, or a ``transformers`` model object. Hub names
@@ -64,9 +80,12 @@ def from_pretrained(
             model objects keep their own dtype.
         device: where parameters live (default CPU).
         context_size_override: the context ``cfg.n_ctx`` (positive int ``<= cfg.n_ctx_trained``);
-            by default ``min(n_ctx_trained, 4096)``. Nothing is allocated per position.
-        fold_ln, center_writing_weights, center_unembed, fold_value_biases: opt-in weight processing
-            (see :mod:`lens.processing`); off by default so logits equal Hugging Face's. A flag whose
+            by default ``min(n_ctx_trained, DEFAULT_MAX_CONTEXT)``. Nothing is allocated per position.
+        model_class: the class to build, called as ``model_class(cfg, tokenizer=..., init=False)``.
+        flags, **processing: opt-in weight processing (see :mod:`lens.processing`) as one
+            :class:`~lens.processing.ProcessingFlags` or as the keywords ``fold_ln``,
+            ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` (bools); off by
+            default so logits equal Hugging Face's. A flag whose
             precondition the architecture breaks (``center_writing_weights`` without LayerNorm)
             raises ``ValueError`` before anything loads; ``fold_value_biases`` without value biases
             is a no-op.
@@ -76,18 +95,10 @@ def from_pretrained(
         ValueError: unsupported architecture, corrupt or mismatched checkpoint, bad dtype or context.
         TypeError: a source, dtype or context_size_override of the wrong type.
 
-    >>> model = from_pretrained(Path("checkpoints/gpt2"), fold_ln=True, center_writing_weights=True)  # doctest: +SKIP
+    >>> model = from_pretrained(Path("checkpoints/gpt2"), model_class=HookedTransformer, fold_ln=True)  # doctest: +SKIP
     """
-    from lens.model import HookedTransformer
-
-    model_class = model_class or HookedTransformer
     _check_override(context_size_override)
-    flags = dict(
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-    )
+    flags = ProcessingFlags.resolve(flags, processing, "from_pretrained")
     if dtype is not None:
         dtype = resolve_dtype(dtype)
     if isinstance(source, (str, os.PathLike)):
@@ -98,7 +109,31 @@ def from_pretrained(
         raise TypeError(
             f"source must be a local directory path or a transformers model object, got {type(source).__name__}"
         )
-    return process_weights(model, **flags)
+    return process_weights(model, flags)
+
+
+def from_hf_model(
+    hf_model: Any,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    tokenizer: Any = None,
+    *,
+    model_class: type,
+    **config_overrides: Any,
+):
+    """Convert a ``transformers`` model object into a ``model_class`` (:class:`lens.HookedTransformer`), same weights.
+
+    The config is the adapter's reading of ``hf_model.config`` plus ``config_overrides`` (any
+    :class:`~lens.config.TransformerConfig` field, e.g. ``n_ctx=8192``); unlike :func:`from_pretrained`
+    no context override check, tokenizer lookup or weight processing. ``dtype`` defaults to the model's.
+
+    >>> model = from_hf_model(hf_model, model_class=HookedTransformer, n_ctx=8192)  # doctest: +SKIP
+    """
+    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
+        raise TypeError(f"expected a transformers PreTrainedModel, got {type(hf_model).__name__}")
+    adapter, hf = _object_adapter(hf_model)
+    cfg = adapter.make_config(hf, dtype=_object_dtype(hf_model, dtype), device=device, **config_overrides)
+    return _load_object(hf_model, adapter, cfg, model_class, tokenizer)
 
 
 # -- context ------------------------------------------------------------------------------------------
@@ -112,7 +147,7 @@ def _check_override(value: Any) -> None:
 
 
 def apply_context(cfg: TransformerConfig, override: int | None = None) -> TransformerConfig:
-    """``cfg`` with ``n_ctx = override`` (checked against ``n_ctx_trained``) or the 4096 default.
+    """``cfg`` with ``n_ctx = override`` (checked against ``n_ctx_trained``) or ``DEFAULT_MAX_CONTEXT``.
 
     >>> apply_context(TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_vocab=10, n_ctx=32768,
     ...                                 n_ctx_trained=32768)).n_ctx
@@ -305,6 +340,50 @@ def open_checkpoint(directory: str | os.PathLike, dtype: torch.dtype | None = No
     )
 
 
+def _first(names: Iterable[str], n: int = 5) -> str:
+    names = sorted(names)
+    more = f" (and {len(names) - n} more)" if len(names) > n else ""
+    return f"{names[:n]}{more}"
+
+
+@torch.no_grad()
+def load_weights(
+    model: torch.nn.Module,
+    specs: dict[str, WeightSpec],
+    get: Callable[[str], Tensor],
+    available: Iterable[str],
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Fill ``model``'s parameters from checkpoint tensors, one at a time (no second full copy).
+
+    Raises ``ValueError`` naming the first few missing or unexpected checkpoint tensors, or the
+    tensor whose shape does not match the config, before or instead of returning a half-filled model.
+    """
+    params = dict(model.named_parameters())
+    no_spec = set(params) - set(specs)
+    if no_spec:
+        raise ValueError(f"adapter gives no source for lens parameters {_first(no_spec)}")
+    available = set(available)
+    needed = {s for spec in specs.values() for s in spec.sources}
+    missing = needed - available
+    if missing:
+        raise ValueError(f"checkpoint is missing tensors {_first(missing)}")
+    unexpected = {n for n in available - needed if not n.endswith(ignore)}
+    if unexpected:
+        raise ValueError(f"checkpoint has unexpected tensors {_first(unexpected)}")
+    for name, spec in specs.items():
+        if name not in params:
+            continue
+        value = spec.combine([get(s) for s in spec.sources])
+        p = params[name]
+        if tuple(value.shape) != tuple(p.shape):
+            raise ValueError(
+                f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {tuple(value.shape)}, "
+                f"but the config needs {tuple(p.shape)} for {name}"
+            )
+        p.copy_(value)  # copy_ converts dtype and device without a temporary
+
+
 def _fill(model, adapter: Adapter, reader: CheckpointReader) -> None:
     names = adapter.source_names(reader.names)
     try:
@@ -327,14 +406,14 @@ def _not_a_directory(path: Path) -> Exception:
     )
 
 
-def _from_directory(directory: Path, dtype, device, override, flags, model_class):
+def _from_directory(directory: Path, dtype, device, override, flags: ProcessingFlags, model_class):
     if not directory.is_dir():
         raise _not_a_directory(directory)
     hf = read_hf_config(directory)
     adapter = find_adapter(hf)
     name = None if hf.get("_name_or_path") else directory.name
     cfg = _make_config(adapter, hf, override, dtype=dtype or torch.float32, device=device, model_name=name)
-    check_processing(cfg, **flags)
+    flags.check(cfg)
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         try:
@@ -347,17 +426,29 @@ def _from_directory(directory: Path, dtype, device, override, flags, model_class
     return model
 
 
-def _from_model_object(hf_model, dtype, device, override, flags, model_class):
+def _from_model_object(hf_model, dtype, device, override, flags: ProcessingFlags, model_class):
+    adapter, hf = _object_adapter(hf_model)
+    cfg = _make_config(adapter, hf, override, dtype=_object_dtype(hf_model, dtype), device=device)
+    flags.check(cfg)
+    model = _load_object(hf_model, adapter, cfg, model_class)
+    _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None))
+    return model
+
+
+def _object_adapter(hf_model) -> tuple[Adapter, dict[str, Any]]:
     config = hf_model.config
     hf = config if isinstance(config, dict) else config.to_dict()
-    adapter = find_adapter(hf)
-    if dtype is None:
-        dtype = next(_params(hf_model), torch.empty(0)).dtype
-    cfg = _make_config(adapter, hf, override, dtype=dtype, device=device)
-    check_processing(cfg, **flags)
-    model = model_class(cfg, init=False)
+    return find_adapter(hf), hf
+
+
+def _object_dtype(hf_model, dtype: str | torch.dtype | None) -> torch.dtype:
+    """``dtype``, or the model object's own parameter dtype."""
+    return resolve_dtype(dtype) if dtype is not None else next(_params(hf_model), torch.empty(0)).dtype
+
+
+def _load_object(hf_model, adapter: Adapter, cfg: TransformerConfig, model_class, tokenizer: Any = None):
+    model = model_class(cfg, tokenizer=tokenizer, init=False)
     _fill(model, adapter, _StateDictReader(hf_model.state_dict(), cfg.dtype))
-    _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None))
     return model
 
 

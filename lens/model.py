@@ -113,7 +113,7 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
         ``source``: a directory with config.json and model.safetensors (sharded or not; pytorch_model.bin
         as a fallback; tokenizer.json attached when present), or a ``transformers`` model. Families: see
         docs/families.md. ``dtype`` defaults to float32 for directories (a model object keeps its own).
-        Models trained on more than 4096 positions load with ``cfg.n_ctx = 4096``;
+        Models trained on longer contexts load with ``cfg.n_ctx = lens.config.DEFAULT_MAX_CONTEXT`` (4096);
         ``context_size_override=N`` sets ``n_ctx`` to any ``N <= cfg.n_ctx_trained`` (above: ValueError).
         ``fold_ln`` / ``center_writing_weights`` / ``center_unembed`` / ``fold_value_biases`` are opt-in
         log-prob-preserving rewrites (:mod:`lens.processing`); a flag the architecture cannot honour
@@ -123,17 +123,21 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
         >>> model = HookedTransformer.from_pretrained(Path("checkpoints/pythia-160m"), fold_ln=True)  # doctest: +SKIP
         """
         from lens.loading import from_pretrained
+        from lens.processing import ProcessingFlags
 
+        flags = ProcessingFlags(
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+        )
         return from_pretrained(
             source,
             dtype=dtype,
             device=device,
             context_size_override=context_size_override,
-            fold_ln=fold_ln,
-            center_writing_weights=center_writing_weights,
-            center_unembed=center_unembed,
-            fold_value_biases=fold_value_biases,
             model_class=cls,
+            flags=flags,
         )
 
     def process_weights(
@@ -145,15 +149,15 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
         fold_value_biases: bool = False,
     ) -> HookedTransformer:
         """Apply :mod:`lens.processing` steps in place (next-token log-probs unchanged); returns self."""
-        from lens.processing import process_weights
+        from lens.processing import ProcessingFlags, process_weights
 
-        return process_weights(
-            self,
+        flags = ProcessingFlags(
             fold_ln=fold_ln,
             center_writing_weights=center_writing_weights,
             center_unembed=center_unembed,
             fold_value_biases=fold_value_biases,
         )
+        return process_weights(self, flags)
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:

@@ -18,14 +18,20 @@ to read without changing what the model computes. The architecture and every hoo
   the model has none; a no-op when there are no value biases.
 
 Biases a fold needs are created as zeros and the matching ``cfg`` flag switched on. Arithmetic runs
-in at least float32 and is cast back to the parameter dtype.
+in at least float32 and is cast back to the parameter dtype. The four flags travel together as one
+:class:`ProcessingFlags`, validated once where a caller first names them.
 
 >>> model = process_weights(model, fold_ln=True, center_unembed=True)   # doctest: +SKIP
 >>> model.blocks[0].ln1.w.unique()                                      # doctest: +SKIP
 tensor([1.])
+>>> flags = ProcessingFlags(fold_ln=True, center_unembed=True)          # the same request as one value
+>>> model = process_weights(model, flags)                               # doctest: +SKIP
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -35,6 +41,7 @@ from lens.components.linear import input_major
 from lens.config import TransformerConfig
 
 __all__ = [
+    "ProcessingFlags",
     "center_unembed",
     "center_writing_weights",
     "check_processing",
@@ -45,15 +52,74 @@ __all__ = [
 ]
 
 
-def check_processing(
-    cfg: TransformerConfig,
-    *,
-    fold_ln: bool = False,
-    center_writing_weights: bool = False,
-    center_unembed: bool = False,
-    fold_value_biases: bool = False,
-) -> None:
+FLAG_NAMES = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+
+
+@dataclass(frozen=True)
+class ProcessingFlags:
+    """Which opt-in processing steps to apply (all off by default), validated once.
+
+    Field order is TransformerLens's order of application. Entry points that take the flags as keywords
+    (``from_pretrained(fold_ln=True)``, ``process_weights(model, fold_ln=True)``) build one of these and
+    pass it on.
+
+    >>> ProcessingFlags(fold_ln=True, center_unembed=True).requested
+    ('fold_ln', 'center_unembed')
+    >>> ProcessingFlags(fold_ln="yes")
+    Traceback (most recent call last):
+    ...
+    TypeError: fold_ln must be a bool, got str ('yes')
+    """
+
+    fold_ln: bool = False
+    center_writing_weights: bool = False
+    center_unembed: bool = False
+    fold_value_biases: bool = False
+
+    def __post_init__(self) -> None:
+        for name in FLAG_NAMES:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+
+    @classmethod
+    def resolve(cls, flags: ProcessingFlags | None, keywords: dict[str, Any], caller: str) -> ProcessingFlags:
+        """``flags``, or the flags given as ``caller``'s keyword arguments (unknown names raise TypeError)."""
+        if flags is None:
+            unknown = [name for name in keywords if name not in FLAG_NAMES]
+            if unknown:
+                raise TypeError(
+                    f"{caller}() got an unexpected keyword argument {unknown[0]!r}; "
+                    f"the processing flags are {', '.join(FLAG_NAMES)}"
+                )
+            return cls(**keywords)
+        if not isinstance(flags, ProcessingFlags):
+            raise TypeError(f"flags must be a ProcessingFlags, got {type(flags).__name__} ({flags!r})")
+        if keywords:
+            raise TypeError(f"{caller}(): pass either a ProcessingFlags or keyword flags, not both")
+        return flags
+
+    @property
+    def requested(self) -> tuple[str, ...]:
+        """Names of the steps switched on, in the order they are applied."""
+        return tuple(name for name in FLAG_NAMES if getattr(self, name))
+
+    def check(self, cfg: TransformerConfig) -> None:
+        """Raise ``ValueError`` if a requested step cannot preserve ``cfg``'s outputs."""
+        if self.fold_ln and cfg.normalization is None:
+            raise ValueError("fold_ln needs normalization layers, but this model has none (normalization=None)")
+        if self.center_writing_weights and cfg.normalization != "LN":
+            raise ValueError(
+                "center_writing_weights needs LayerNorm before every reader of the residual stream (it relies on "
+                f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
+                "load without center_writing_weights"
+            )
+
+
+def check_processing(cfg: TransformerConfig, flags: ProcessingFlags | None = None, **keywords: bool) -> None:
     """Raise ``ValueError`` if a requested processing step cannot preserve ``cfg``'s outputs.
+
+    Takes a :class:`ProcessingFlags` or the flags as keywords (``TypeError`` for non-bools).
 
     >>> check_processing(TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_vocab=10, n_ctx=8,
     ...                  normalization="RMS"), center_writing_weights=True)
@@ -61,48 +127,23 @@ def check_processing(
     ...
     ValueError: center_writing_weights needs LayerNorm before every reader of the residual stream ...
     """
-    flags = dict(
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-    )
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
-    if fold_ln and cfg.normalization is None:
-        raise ValueError("fold_ln needs normalization layers, but this model has none (normalization=None)")
-    if center_writing_weights and cfg.normalization != "LN":
-        raise ValueError(
-            "center_writing_weights needs LayerNorm before every reader of the residual stream (it relies on "
-            f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
-            "load without center_writing_weights"
-        )
+    ProcessingFlags.resolve(flags, keywords, "check_processing").check(cfg)
 
 
-def process_weights(
-    model,
-    *,
-    fold_ln: bool = False,
-    center_writing_weights: bool = False,
-    center_unembed: bool = False,
-    fold_value_biases: bool = False,
-):
+def process_weights(model, flags: ProcessingFlags | None = None, **keywords: bool):
     """Apply the requested steps in TransformerLens's order, in place; returns ``model``.
 
+    The steps come as keywords (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
+    ``fold_value_biases``; bools, default False) or as one :class:`ProcessingFlags`.
+
     >>> model = process_weights(model, fold_ln=True, fold_value_biases=True)   # doctest: +SKIP
+    >>> model = process_weights(model, ProcessingFlags(fold_ln=True))          # doctest: +SKIP
     """
-    flags = dict(
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-    )
-    check_processing(model.cfg, **flags)
-    for name, step in _STEPS.items():  # TransformerLens's order
-        if flags[name]:
-            step(model)
-    done = [name for name, value in flags.items() if value]
+    flags = ProcessingFlags.resolve(flags, keywords, "process_weights")
+    flags.check(model.cfg)
+    done = flags.requested
+    for name in done:
+        _STEPS[name](model)
     if done:
         record = model.cfg.extra.setdefault("weight_processing", [])
         record.extend(name for name in done if name not in record)
@@ -211,7 +252,7 @@ def fold_layer_norm(model) -> None:
 @torch.no_grad()
 def center_writing_weights(model) -> None:
     """Remove the mean over ``d_model`` from W_E, W_pos, W_O/b_O and W_out/b_out (LayerNorm models only)."""
-    check_processing(model.cfg, center_writing_weights=True)
+    ProcessingFlags(center_writing_weights=True).check(model.cfg)
     untie_embeddings(model)  # centring W_E must not move a tied W_U
 
     def center(p: Tensor | None, dim: int) -> None:
@@ -260,7 +301,7 @@ def fold_value_biases(model) -> None:
     cfg.attn_out_bias = True
 
 
-_STEPS = {
+_STEPS = {  # one per ProcessingFlags field
     "fold_ln": fold_layer_norm,
     "center_writing_weights": center_writing_weights,
     "center_unembed": center_unembed,

@@ -1,4 +1,8 @@
-"""Hugging Face is the oracle: logits, hidden states and loss for GPT-2, Llama (GQA) and Mistral."""
+"""Hugging Face is the oracle: logits, hidden states and loss for every family's tiny models.
+
+Cases are the families' declared tiny configs (``lens.families.tiny_configs()``) plus a few tying and
+head-count variants, so a new family file is covered without edits here.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,27 @@ import pytest
 import torch
 
 from lens.adapters import from_hf_model
-from tests.conftest import VOCAB, hf_model
+from tests.tiny import hf_model, hf_tokens, variants
 
 pytest.importorskip("transformers")
 
-CASES = [
-    ("gpt2", {}),  # tied embeddings
-    ("gpt2", {"tie_word_embeddings": False}),
-    ("llama", {}),  # GQA, untied
-    ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
-    ("mistral", {}),  # sliding_window=5 < sequence length 16
-]
-IDS = ["gpt2-tied", "gpt2-untied", "llama-gqa", "llama-tied-mha", "mistral-window"]
+EXTRA = {  # overrides of a declared variant
+    "gpt2-untied": ("gpt2", {"tie_word_embeddings": False}),
+    "llama3-tied-mha": ("llama3", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
+}
+CASES = {name: (name, {}) for name in variants()} | EXTRA
 
 
-@pytest.fixture(params=CASES, ids=IDS)
+@pytest.fixture(params=list(CASES.values()), ids=list(CASES))
 def pair(request):
     family, overrides = request.param
     hf = hf_model(family, **overrides)
     return hf, from_hf_model(hf)
 
 
-def _tokens(batch=2, pos=16, seed=1):
-    return torch.randint(0, VOCAB, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
-
 def test_logits_match_hf(pair):
     hf, model = pair
-    toks = _tokens()
+    toks = hf_tokens()
     with torch.no_grad():
         expected = hf(toks).logits
         got = model(toks)
@@ -49,7 +46,7 @@ def test_tied_embeddings_share_storage(pair):
 
 def test_residual_stream_matches_hidden_states(pair):
     hf, model = pair
-    toks = _tokens()
+    toks = hf_tokens()
     with torch.no_grad():
         hidden = hf(toks, output_hidden_states=True).hidden_states
         _, cache = model.run_with_cache(toks, names_filter=lambda n: "resid_p" in n)
@@ -66,7 +63,7 @@ def test_residual_stream_matches_hidden_states(pair):
 
 def test_loss_matches_hf(pair):
     hf, model = pair
-    toks = _tokens()
+    toks = hf_tokens()
     with torch.no_grad():
         expected = hf(toks, labels=toks).loss
         got = model(toks, return_type="loss")
@@ -79,7 +76,7 @@ def test_loss_matches_hf(pair):
 def test_explicit_attention_path_matches_hf(pair):
     """With pattern hooks (explicit scores), logits still equal HF's."""
     hf, model = pair
-    toks = _tokens()
+    toks = hf_tokens()
     with torch.no_grad():
         expected = hf(toks).logits
         got, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))

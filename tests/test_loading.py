@@ -10,8 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lens import HookedTransformer
-from tests.adapters.helpers import VOCAB, copy_dir, saved, tokens
-from tests.adapters.test_parity import FAMILIES
+from lens.config import DEFAULT_MAX_CONTEXT
+from tests.tiny import HF_VOCAB as VOCAB
+from tests.tiny import copy_dir, lens_config, saved, variants
+from tests.tiny import hf_tokens as tokens
 
 pytest.importorskip("transformers")
 
@@ -23,7 +25,7 @@ def _logits(model, toks):
 
 
 def _family_copy(name: str, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    directory, hf = saved(name, FAMILIES[name])
+    directory, hf = saved(name)
     return copy_dir(directory, tmp_path / name), hf
 
 
@@ -36,7 +38,7 @@ def _edit_config(directory: Path, **changes) -> None:
 
 # -- file formats ----------------------------------------------------------------------------------
 def test_sharded_safetensors(tmp_path):
-    _, hf = saved("llama3", FAMILIES["llama3"])
+    _, hf = saved("llama3")
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
@@ -82,16 +84,22 @@ def test_tokenizer_attached(tmp_path):
     assert model.tokenizer is not None
     assert model.to_str_tokens("hello lens") == ["<s>", "hello", "lens"]
     assert model("hello world").shape == (1, 3, VOCAB)
-    assert HookedTransformer.from_pretrained(saved("llama3", FAMILIES["llama3"])[0]).tokenizer is None
+    assert HookedTransformer.from_pretrained(saved("llama3")[0]).tokenizer is None
 
 
 # -- context ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, trained", [("mistral", 32768), ("llama3", 131072), ("qwen2", 32768)])
+def _long_context_cases():
+    """Every variant whose trained context comes from ``max_position_embeddings`` (not a position table)."""
+    rotary = [name for name in variants() if lens_config(name).positional == "rotary"]
+    return [(name, 131072 if i % 2 else 32768) for i, name in enumerate(rotary)]
+
+
+@pytest.mark.parametrize("name, trained", _long_context_cases())
 def test_long_context_defaults_to_4096(tmp_path, name, trained):
     directory, _ = _family_copy(name, tmp_path)
     _edit_config(directory, max_position_embeddings=trained)
     model = HookedTransformer.from_pretrained(directory)
-    assert (model.cfg.n_ctx, model.cfg.n_ctx_trained) == (4096, trained)
+    assert (model.cfg.n_ctx, model.cfg.n_ctx_trained) == (DEFAULT_MAX_CONTEXT, trained)
     assert HookedTransformer.from_pretrained(directory, context_size_override=trained).cfg.n_ctx == trained
     assert HookedTransformer.from_pretrained(directory, context_size_override=100).cfg.n_ctx == 100
     with pytest.raises(ValueError, match=rf"{trained + 1}.*{trained}"):
@@ -121,7 +129,7 @@ def test_too_long_input_names_trained_maximum_and_override(tmp_path):
 
 
 def test_learned_positions_trained_context_is_table_size():
-    directory = saved("gpt2", FAMILIES["gpt2"])[0]
+    directory = saved("gpt2")[0]
     model = HookedTransformer.from_pretrained(directory)
     assert model.cfg.n_ctx == model.cfg.n_ctx_trained == model.W_pos.shape[0] == 64
     assert HookedTransformer.from_pretrained(directory, context_size_override=16).cfg.n_ctx == 16
@@ -133,7 +141,7 @@ def test_learned_positions_trained_context_is_table_size():
                                         (True, TypeError)])  # fmt: skip
 def test_bad_context_size_override(bad, error):
     with pytest.raises(error, match="context_size_override"):
-        HookedTransformer.from_pretrained(saved("gpt2", FAMILIES["gpt2"])[0], context_size_override=bad)
+        HookedTransformer.from_pretrained(saved("gpt2")[0], context_size_override=bad)
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def test_bad_context_size_override(bad, error):
                                         (3, TypeError)])  # fmt: skip
 def test_bad_dtype(bad, error):
     with pytest.raises(error, match="dtype"):
-        HookedTransformer.from_pretrained(saved("gpt2", FAMILIES["gpt2"])[0], dtype=bad)
+        HookedTransformer.from_pretrained(saved("gpt2")[0], dtype=bad)
 
 
 def test_hub_name_is_refused_with_instructions():
@@ -167,7 +175,7 @@ def test_broken_config_json(tmp_path):
     (directory / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         HookedTransformer.from_pretrained(directory)
-    other = copy_dir(saved("llama3", FAMILIES["llama3"])[0], tmp_path / "other")
+    other = copy_dir(saved("llama3")[0], tmp_path / "other")
     cfg = json.loads((other / "config.json").read_text())
     del cfg["hidden_size"]
     (other / "config.json").write_text(json.dumps(cfg))
@@ -243,7 +251,7 @@ def test_corrupt_pytorch_bin(tmp_path):
 
 
 def test_sharded_index_with_missing_shard(tmp_path):
-    _, hf = saved("gpt2", FAMILIES["gpt2"])
+    _, hf = saved("gpt2")
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     sorted(tmp_path.glob("model-*.safetensors"))[0].unlink()
     with pytest.raises(FileNotFoundError, match="shard files that are not in"):

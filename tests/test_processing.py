@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from lens import HookedTransformer
-from tests.adapters.helpers import saved, tokens
-from tests.adapters.test_parity import FAMILIES
+from lens.processing import FLAG_NAMES as ALL_FLAGS
+from lens.processing import ProcessingFlags, process_weights
+from tests.tiny import hf_tokens as tokens
+from tests.tiny import lens_config, saved, variants
 
 pytest.importorskip("transformers")
 
-LN_FAMILIES = ("gpt2", "neox", "neox-seq")  # every residual reader is a LayerNorm
-ALL_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+FAMILIES = variants()  # the families' declared tiny models
+LN_FAMILIES = [f for f in FAMILIES if lens_config(f).normalization == "LN"]  # every residual reader is a LayerNorm
+RMS_FAMILIES = [f for f in FAMILIES if f not in LN_FAMILIES]
 
 
 def _cases():
@@ -24,7 +27,7 @@ def _cases():
 
 
 def _load(family: str, **flags) -> HookedTransformer:
-    return HookedTransformer.from_pretrained(saved(family, FAMILIES[family])[0], **flags)
+    return HookedTransformer.from_pretrained(saved(family)[0], **flags)
 
 
 def _log_probs(model) -> torch.Tensor:
@@ -45,7 +48,7 @@ def test_processing_preserves_log_probs(family, flags):
     )
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2", "gemma", "neox-seq"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fold_ln_leaves_unit_norms_and_unties(family):
     plain, model = _load(family), _load(family, fold_ln=True)
     norms = [model.ln_final] + [b.ln1 for b in model.blocks] + [b.ln2 for b in model.blocks]
@@ -56,7 +59,7 @@ def test_fold_ln_leaves_unit_norms_and_unties(family):
     assert not model.cfg.tie_word_embeddings
     assert model.unembed.weight.data_ptr() != model.embed.weight.data_ptr()
     torch.testing.assert_close(model.W_E, plain.W_E, atol=0, rtol=0)  # folding never touches the embedding
-    if family == "neox-seq":  # no attention biases in the checkpoint: the LN bias needed one
+    if plain.cfg.normalization == "LN" and plain.cfg.norm_bias:  # the LN bias needed a q/k/v bias (neox-seq: none)
         assert model.cfg.qkv_bias and model.blocks[0].attn.qkv_bias is not None
 
 
@@ -77,7 +80,7 @@ def test_fold_value_biases_creates_output_bias_under_gqa():
     assert model.blocks[0].attn.o_bias.abs().sum() > 0
 
 
-@pytest.mark.parametrize("family", ["llama3", "gemma"])
+@pytest.mark.parametrize("family", RMS_FAMILIES)
 def test_centering_writing_weights_needs_layernorm(family):
     with pytest.raises(ValueError, match="center_writing_weights needs LayerNorm.*'RMS'"):
         _load(family, center_writing_weights=True)
@@ -88,3 +91,20 @@ def test_centering_writing_weights_needs_layernorm(family):
 def test_flags_must_be_bools():
     with pytest.raises(TypeError, match="fold_ln must be a bool"):
         _load("gpt2", fold_ln="yes")
+
+
+def test_processing_flags_are_one_validated_value():
+    model = _load("gpt2")
+    with pytest.raises(TypeError, match="center_unembed must be a bool, got int"):
+        ProcessingFlags(center_unembed=1)
+    with pytest.raises(TypeError, match="fold_value_biases must be a bool"):
+        model.process_weights(fold_value_biases=None)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fold_layernorm'.*fold_ln"):
+        process_weights(model, fold_layernorm=True)
+    with pytest.raises(TypeError, match="not both"):
+        process_weights(model, ProcessingFlags(fold_ln=True), center_unembed=True)
+    assert ProcessingFlags(fold_value_biases=True, fold_ln=True).requested == ("fold_ln", "fold_value_biases")
+    expected = _log_probs(model)
+    process_weights(model, ProcessingFlags(fold_ln=True, center_unembed=True))
+    torch.testing.assert_close(_log_probs(model), expected, atol=1e-4, rtol=0)
+    assert model.cfg.extra["weight_processing"] == ["fold_ln", "center_unembed"]

@@ -1,66 +1,7 @@
-"""GPT-2: learned positions, LayerNorm, fused Conv1D attention ``[in, out]``, tied embeddings."""
+"""Moved to :mod:`lens.families.gpt2`; ``lens.adapters.gpt2`` stays importable as the same module object."""
 
-from __future__ import annotations
+import sys
 
-from lens.adapters.base import Adapter, same, transpose
+from lens.families import gpt2 as _module
 
-
-def _config(hf: dict) -> dict:
-    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-        raise ValueError(
-            "GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported"
-        )
-    d = hf["n_embd"]
-    return dict(
-        n_layers=hf["n_layer"],
-        d_model=d,
-        n_heads=hf["n_head"],
-        d_mlp=hf.get("n_inner") or 4 * d,
-        d_vocab=hf["vocab_size"],
-        n_ctx=hf["n_positions"],
-        n_ctx_trained=hf["n_positions"],
-        act_fn=hf.get("activation_function", "gelu_new"),
-        normalization="LN",
-        eps=hf.get("layer_norm_epsilon", 1e-5),
-        positional="learned",
-        tie_word_embeddings=hf.get("tie_word_embeddings", True),
-        default_prepend_bos=False,
-    )
-
-
-def _weights(cfg) -> dict:
-    p = "transformer.h.{}."
-    w = {"embed.weight": same("transformer.wte.weight"), "pos_embed.weight": same("transformer.wpe.weight")}
-    for i in range(cfg.n_layers):
-        h, b = p.format(i), f"blocks.{i}."
-        w.update(
-            {
-                b + "ln1.w": same(h + "ln_1.weight"),
-                b + "ln1.b": same(h + "ln_1.bias"),
-                b + "attn.qkv_weight": transpose(h + "attn.c_attn.weight"),
-                b + "attn.qkv_bias": same(h + "attn.c_attn.bias"),
-                b + "attn.o_weight": transpose(h + "attn.c_proj.weight"),
-                b + "attn.o_bias": same(h + "attn.c_proj.bias"),
-                b + "ln2.w": same(h + "ln_2.weight"),
-                b + "ln2.b": same(h + "ln_2.bias"),
-                b + "mlp.in_weight": transpose(h + "mlp.c_fc.weight"),
-                b + "mlp.in_bias": same(h + "mlp.c_fc.bias"),
-                b + "mlp.out_weight": transpose(h + "mlp.c_proj.weight"),
-                b + "mlp.out_bias": same(h + "mlp.c_proj.bias"),
-            }
-        )
-    w["ln_final.w"] = same("transformer.ln_f.weight")
-    w["ln_final.b"] = same("transformer.ln_f.bias")
-    if not cfg.tie_word_embeddings:
-        w["unembed.weight"] = same("lm_head.weight")
-    return w
-
-
-ADAPTER = Adapter(
-    name="gpt2",
-    architectures=("GPT2LMHeadModel",),
-    model_types=("gpt2",),
-    config=_config,
-    weights=_weights,
-    ignore=(".attn.bias", ".attn.masked_bias"),
-)
+sys.modules[__name__] = _module

@@ -1,71 +1,7 @@
-"""Llama (incl. Llama-3 rope scaling): RMSNorm, rotary, grouped-query attention, SwiGLU MLP."""
+"""Moved to :mod:`lens.families.llama`; ``lens.adapters.llama`` stays importable as the same module object."""
 
-from __future__ import annotations
+import sys
 
-from lens.adapters.base import Adapter, cat, context_fields, rope_settings, same
+from lens.families import llama as _module
 
-
-def llama_config(hf: dict) -> dict:
-    """Config fields shared by the Llama-style families (Llama, Mistral, Qwen2, ...)."""
-    base, scaling = rope_settings(hf)
-    n_heads = hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
-    return dict(
-        n_layers=hf["num_hidden_layers"],
-        d_model=hf["hidden_size"],
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_head=d_head,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
-        **context_fields(hf.get("max_position_embeddings", 2048)),
-        act_fn=hf.get("hidden_act", "silu"),
-        normalization="RMS",
-        eps=hf.get("rms_norm_eps", 1e-6),
-        positional="rotary",
-        rotary_base=base,
-        rope_scaling=scaling,
-        rotary_dim=int(d_head * hf.get("partial_rotary_factor", 1.0)),
-        gated_mlp=True,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        qkv_bias=bool(hf.get("attention_bias", False)),
-        attn_out_bias=bool(hf.get("attention_bias", False)),
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-    )
-
-
-def llama_weights(cfg, prefix: str = "model.") -> dict:
-    """Weight map shared by the Llama-style families; optional biases follow ``cfg``."""
-    w = {"embed.weight": same(prefix + "embed_tokens.weight")}
-    for i in range(cfg.n_layers):
-        h, b = f"{prefix}layers.{i}.", f"blocks.{i}."
-        a = h + "self_attn."
-        w[b + "ln1.w"] = same(h + "input_layernorm.weight")
-        w[b + "attn.qkv_weight"] = cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight")
-        if cfg.qkv_bias:
-            w[b + "attn.qkv_bias"] = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias")
-        w[b + "attn.o_weight"] = same(a + "o_proj.weight")
-        if cfg.attn_out_bias:
-            w[b + "attn.o_bias"] = same(a + "o_proj.bias")
-        w[b + "ln2.w"] = same(h + "post_attention_layernorm.weight")
-        w[b + "mlp.gate_weight"] = same(h + "mlp.gate_proj.weight")
-        w[b + "mlp.in_weight"] = same(h + "mlp.up_proj.weight")
-        w[b + "mlp.out_weight"] = same(h + "mlp.down_proj.weight")
-        if cfg.mlp_bias:
-            w[b + "mlp.gate_bias"] = same(h + "mlp.gate_proj.bias")
-            w[b + "mlp.in_bias"] = same(h + "mlp.up_proj.bias")
-            w[b + "mlp.out_bias"] = same(h + "mlp.down_proj.bias")
-    w["ln_final.w"] = same(prefix + "norm.weight")
-    if not cfg.tie_word_embeddings:
-        w["unembed.weight"] = same("lm_head.weight")
-    return w
-
-
-ADAPTER = Adapter(
-    name="llama",
-    architectures=("LlamaForCausalLM",),
-    model_types=("llama",),
-    config=llama_config,
-    weights=llama_weights,
-    ignore=("rotary_emb.inv_freq",),
-)
+sys.modules[__name__] = _module

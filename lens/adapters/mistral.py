@@ -1,22 +1,7 @@
-"""Mistral: the Llama layout plus sliding-window attention on every layer."""
+"""Moved to :mod:`lens.families.mistral`; ``lens.adapters.mistral`` stays importable as the same module object."""
 
-from __future__ import annotations
+import sys
 
-from lens.adapters.base import Adapter
-from lens.adapters.llama import llama_config, llama_weights
+from lens.families import mistral as _module
 
-
-def _config(hf: dict) -> dict:
-    fields = llama_config(hf)
-    fields["window_size"] = hf.get("sliding_window")
-    return fields
-
-
-ADAPTER = Adapter(
-    name="mistral",
-    architectures=("MistralForCausalLM",),
-    model_types=("mistral",),
-    config=_config,
-    weights=llama_weights,
-    ignore=("rotary_emb.inv_freq",),
-)
+sys.modules[__name__] = _module

@@ -1,39 +1,7 @@
-"""Qwen2: the Llama layout with q/k/v biases (no output bias) and optional per-layer sliding windows.
+"""Moved to :mod:`lens.families.qwen2`; ``lens.adapters.qwen2`` stays importable as the same module object."""
 
-Sliding windows follow ``transformers``: only when ``use_sliding_window`` is true, on the layers that
-``layer_types`` marks ``"sliding_attention"`` (older configs: layers ``>= max_window_layers``).
+import sys
 
->>> ADAPTER.config({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-...                 "intermediate_size": 128, "vocab_size": 100, "use_sliding_window": True,
-...                 "sliding_window": 16, "max_window_layers": 1})["window_layers"]
-(1,)
-"""
+from lens.families import qwen2 as _module
 
-from __future__ import annotations
-
-from lens.adapters.base import Adapter
-from lens.adapters.llama import llama_config, llama_weights
-
-
-def _config(hf: dict) -> dict:
-    fields = llama_config(hf)
-    fields.update(qkv_bias=True, attn_out_bias=False, mlp_bias=False)
-    window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-    n = fields["n_layers"]
-    if hf.get("layer_types"):
-        sliding = [i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention"]
-    else:
-        sliding = list(range(hf.get("max_window_layers", 28), n))  # transformers default: 28
-    if window and sliding:
-        fields.update(window_size=int(window), window_layers=tuple(sliding))
-    return fields
-
-
-ADAPTER = Adapter(
-    name="qwen2",
-    architectures=("Qwen2ForCausalLM",),
-    model_types=("qwen2",),
-    config=_config,
-    weights=llama_weights,
-    ignore=("rotary_emb.inv_freq",),
-)
+sys.modules[__name__] = _module

@@ -1,0 +1,139 @@
+"""The family contract: how one Hugging Face family maps onto lens, and its tiny test model.
+
+An :class:`Adapter` is data plus two small functions: ``config(hf: dict) -> dict`` of
+:class:`~lens.config.TransformerConfig` fields, and ``weights(cfg) -> {lens_name: WeightSpec}``, where a
+:class:`WeightSpec` names the Hugging Face tensors it reads and how to combine them (copy, transpose,
+concatenate). ``tiny`` declares the family's tiny random-weight test models, so the parity tests cover a
+new family without edits. Shared code (:mod:`lens.loading`) applies any adapter; nothing outside a family
+file knows a family's name. This layer depends on :mod:`lens.config` only.
+
+>>> spec = cat("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight")
+>>> spec.sources
+('model.layers.0.self_attn.q_proj.weight', 'model.layers.0.self_attn.k_proj.weight')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lens.config import DEFAULT_MAX_CONTEXT, TransformerConfig
+
+# Tiny test models (see ``Adapter.tiny``): 2 layers, d_model 32, a 96-token vocabulary. Most families
+# spell the shape with these ``transformers`` config names; GPT-2 spells it n_layer / n_embd / n_head.
+TINY_VOCAB = 96
+TINY_SHAPE: dict[str, Any] = dict(
+    num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=48, vocab_size=TINY_VOCAB
+)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One lens parameter built from one or more Hugging Face tensors."""
+
+    sources: tuple[str, ...]
+    combine: Callable[[list[Tensor]], Tensor]
+    describe: str = "copy"
+
+
+def same(name: str) -> WeightSpec:
+    return WeightSpec((name,), lambda ts: ts[0], "copy")
+
+
+def transpose(name: str) -> WeightSpec:
+    """A ``Conv1D``-style ``[in, out]`` weight stored as ``[out, in]``."""
+    return WeightSpec((name,), lambda ts: ts[0].T, "transpose")
+
+
+def cat(*names: str) -> WeightSpec:
+    """Concatenate along the output dimension (e.g. separate q/k/v projections into one)."""
+    return WeightSpec(tuple(names), lambda ts: torch.cat(ts, dim=0), "concatenate")
+
+
+def plus_one(name: str) -> WeightSpec:
+    """A norm weight stored as an offset from 1 (Gemma's ``(1 + w)`` RMSNorm)."""
+    return WeightSpec((name,), lambda ts: ts[0] + 1.0, "add 1")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A declarative mapping from one Hugging Face architecture family to lens."""
+
+    name: str
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    config: Callable[[dict[str, Any]], dict[str, Any]]
+    weights: Callable[[TransformerConfig], dict[str, WeightSpec]]
+    ignore: tuple[str, ...] = field(default=())  # checkpoint tensor-name suffixes that carry no weights
+    tied_unembed: tuple[str, ...] = ("lm_head.weight",)  # present but unused when embeddings are tied
+    # (regex, replacement) pairs giving a checkpoint tensor the name ``weights`` uses, for families whose
+    # files and in-memory ``transformers`` modules spell a tensor differently (NeoX's embed_out/lm_head)
+    renames: tuple[tuple[str, str], ...] = field(default=())
+    # tiny test models: {variant name: (transformers model class name, config kwargs)}; the first is the
+    # family's default. Tests build, save and compare every variant against ``transformers``.
+    tiny: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for variant, spec in self.tiny.items():
+            if not (
+                isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict)
+            ):
+                raise TypeError(
+                    f"{self.name} adapter: tiny[{variant!r}] must be (transformers model class name, config kwargs), "
+                    f"got {spec!r}"
+                )
+
+    def ignored(self, cfg: TransformerConfig) -> tuple[str, ...]:
+        """Checkpoint tensor-name suffixes to skip for ``cfg``."""
+        return self.ignore + (self.tied_unembed if cfg.tie_word_embeddings else ())
+
+    def source_names(self, names: Iterable[str]) -> dict[str, str]:
+        """``{name as weights() spells it: name in the checkpoint}`` after applying ``renames``.
+
+        >>> ad = Adapter("x", (), (), dict, dict, renames=(("^lm_head[.]", "embed_out."),))
+        >>> ad.source_names(["lm_head.weight"])
+        {'embed_out.weight': 'lm_head.weight'}
+        """
+        out = {}
+        for name in names:
+            canonical = name
+            for pattern, replacement in self.renames:
+                canonical = re.sub(pattern, replacement, canonical)
+            out[canonical] = name
+        return out
+
+    def make_config(self, hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
+        fields = self.config(hf)
+        fields.setdefault("model_name", hf.get("_name_or_path") or self.name)
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return TransformerConfig(**fields)
+
+
+def rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rotary base, scaling dict or None) from either transformers-4 or -5 style configs."""
+    params = hf.get("rope_parameters") or {}
+    base = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or params
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+    if kind in (None, "default"):
+        return float(base), None
+    return float(base), {k: v for k, v in scaling.items() if k != "rope_theta"}
+
+
+def context_fields(trained: int) -> dict[str, int]:
+    """Long-context models load with ``DEFAULT_MAX_CONTEXT``; ``context_size_override`` raises it."""
+    return {"n_ctx_trained": trained, "n_ctx": min(trained, DEFAULT_MAX_CONTEXT)}
+
+
+def per_layer(cfg: TransformerConfig, template: dict[str, WeightSpec | Callable[[int], WeightSpec]]) -> dict:
+    """Expand ``{"blocks.{i}.x": fn(i)}`` for every layer."""
+    out = {}
+    for i in range(cfg.n_layers):
+        for lens_name, make in template.items():
+            out[lens_name.format(i=i)] = make(i)
+    return out
