@@ -1,20 +1,32 @@
 """Forward-pass speed and memory of lens against Hugging Face (and TransformerLens when installed).
 
 1. GPT-2-small shape (12 layers, d_model 768, vocab 50257), random weights, fp32 CPU, batch 8 x 128:
-   lens forward time / HF forward time (target <= 1.05), and ``run_with_cache`` with every hook /
-   lens's plain forward (target <= 1.15).
+   lens forward time / HF forward time (target <= 1.0), and ``run_with_cache`` with every hook /
+   lens's plain forward (target <= 1.15); medians of interleaved calls (10, ``--quick``: 3).
 2. Mistral-shaped narrow model (8 layers, d_model 256, 8 heads, 2 kv heads, window 4096, vocab
    1000), one sequence of 8192 tokens, no pattern hooks: time and peak memory / HF's (sdpa),
    target <= 1.2 for both. Each contender's peak is measured in its own fresh process.
 
-Run: ``.venv/bin/python -m benchmarks.bench_forward [--quick]``
+``--baseline REF`` (e.g. ``bf4e6f3``) also measures part 1 for lens at git revision REF in the same run:
+REF is checked out with ``git worktree`` into a temporary directory (removed afterwards) and runs in a
+worker subprocess that imports that ``lens`` and this checkout's benchmark code, on the same seeded HF
+weights converted by its own ``from_hf_model``. The two processes take turns, one pass over all
+contenders each, so background load hits both alike; each times HF too, so every ratio is within one
+process, and current/baseline is reported for lens's forward time and for both ratios.
+
+Run (from the repository root)::
+
+    .venv/bin/python -m benchmarks.bench_forward [--quick] [--skip-long] [--threads N]
+    .venv/bin/python -m benchmarks.bench_forward --skip-long --baseline bf4e6f3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 
 import torch
 
@@ -96,25 +108,52 @@ def tl_long_worker(seq: int, repeats: int) -> dict:
     return {"impl": "tl", "time_s": times["tl"], "peak_bytes": peak, "model_build_peak_bytes": build_peak}
 
 
-def bench_gpt2(repeats: int) -> dict:
-    from lens.adapters import from_hf_model
+class ForwardSide:
+    """One process's GPT-2-small contenders: HF forward, lens forward, and lens ``run_with_cache``.
 
-    hf = gpt2_small()
-    model = from_hf_model(hf)
-    tokens = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        diff = (model(tokens) - hf(tokens).logits).abs().max().item()
-        times = interleaved_times(
-            {
-                "hf": lambda: hf(tokens),
-                "lens": lambda: model(tokens),
-                "lens_cache_all": lambda: model.run_with_cache(tokens),
-                "lens_cache_no_reuse": lambda: model.run_with_cache(tokens, reuse_memory=False),
-            },
-            repeats=repeats,
-        )
+    The parent holds one for the current code; a ``--baseline`` worker holds one for the baseline's lens.
+    """
+
+    NAMES = ("hf", "lens", "lens_cache_all", "lens_cache_no_reuse")
+
+    def __init__(self) -> None:
+        from benchmarks._common import from_hf_model
+
+        torch.set_grad_enabled(False)
+        self.hf = gpt2_small()
+        self.model = from_hf_model(self.hf)
+        self.tokens = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
+        t, model = self.tokens, self.model
+        self.fns = {
+            "hf": lambda: self.hf(t),
+            "lens": lambda: model(t),
+            "lens_cache_all": lambda: model.run_with_cache(t),
+            "lens_cache_no_reuse": lambda: model.run_with_cache(t, reuse_memory=False),
+        }
+
+    def warmup(self) -> dict:
+        """One untimed call each; returns lens's max |logit difference| from HF."""
+        with torch.inference_mode():
+            for fn in self.fns.values():
+                fn()
+            return {"max_abs_logit_diff": (self.model(self.tokens) - self.hf(self.tokens).logits).abs().max().item()}
+
+    def round(self, index: int = 0, repeats: int = 1) -> dict:
+        """``repeats`` interleaved passes over the contenders: ``{name: [seconds, ...]}``."""
+        k = index % len(self.NAMES)
+        order = self.NAMES[k:] + self.NAMES[:k]
+        out: dict = {n: [] for n in self.NAMES}
+        with torch.inference_mode():
+            for _ in range(repeats):
+                for name in order:
+                    t0 = time.perf_counter()
+                    self.fns[name]()
+                    out[name].append(time.perf_counter() - t0)
+        return out
+
+
+def _summary(times: dict[str, float]) -> dict:
     return {
-        "max_abs_logit_diff": diff,
         "hf_s": times["hf"],
         "lens_s": times["lens"],
         "lens_cache_all_s": times["lens_cache_all"],
@@ -125,12 +164,56 @@ def bench_gpt2(repeats: int) -> dict:
     }
 
 
+def bench_gpt2(repeats: int, baseline: str | None = None) -> dict:
+    """Medians over ``repeats`` interleaved calls; with ``baseline``, the same for lens at that revision.
+
+    With a baseline the two processes take turns, a pass over all contenders each, so background load
+    hits both sides alike; every ratio is taken within one process.
+    """
+    import contextlib
+
+    from benchmarks._common import SideWorker, baseline_checkout
+
+    with contextlib.ExitStack() as stack:
+        base = None
+        if baseline:
+            tree, run_dir, commit = stack.enter_context(baseline_checkout(baseline))
+            base = SideWorker("benchmarks.bench_forward", tree, run_dir, "--threads", str(torch.get_num_threads()))
+            stack.callback(base.close)
+        cur = ForwardSide()
+        res = {"current": {"warm": cur.warmup(), "samples": {n: [] for n in ForwardSide.NAMES}}}
+        if base is not None:
+            res["baseline"] = {"warm": base.call("warmup"), "samples": {n: [] for n in ForwardSide.NAMES}}
+        for i in range(repeats):
+            sides = list(res) if i % 2 == 0 else list(res)[::-1]
+            for side in sides:
+                r = cur.round(i) if side == "current" else base.call("round", index=i)
+                for n, v in r.items():
+                    res[side]["samples"][n].extend(v)
+    out = {}
+    for side, r in res.items():
+        times = {n: statistics.median(v) for n, v in r["samples"].items()}
+        out[side] = {"max_abs_logit_diff": r["warm"]["max_abs_logit_diff"], **_summary(times)}
+    g = out.pop("current")
+    if "baseline" in out:
+        b = out["baseline"]
+        b.update(ref=baseline, commit=commit)
+        g["baseline"] = b
+        g["current_over_baseline"] = {
+            "lens_forward_time": g["lens_s"] / b["lens_s"],
+            "lens_over_hf": g["lens_over_hf"] / b["lens_over_hf"],
+            "cache_over_plain": g["cache_over_plain"] / b["cache_over_plain"],
+            "hf_time": g["hf_s"] / b["hf_s"],
+        }
+    return g
+
+
 def long_context_worker(impl: str, seq: int, repeats: int) -> dict:
     """One contender in a fresh process: time and peak memory of a forward over ``seq`` tokens."""
     torch.manual_seed(0)
     hf = mistral_narrow(seq)
     if impl == "lens":
-        from lens.adapters import from_hf_model
+        from benchmarks._common import from_hf_model
 
         model = from_hf_model(hf, n_ctx=seq)
         del hf
@@ -174,6 +257,31 @@ def bench_long_context(seq: int, repeats: int) -> dict:
     }
 
 
+def print_baseline(g: dict) -> None:
+    b, x = g["baseline"], g["current_over_baseline"]
+    print(f"Current code vs lens at {b['ref']} ({b['commit'][:10]}), same run; each side times HF in its own process")
+    print("| side | HF forward ms | lens forward ms | forward lens/HF | run_with_cache ms | run_with_cache/forward |")
+    print("|---|---|---|---|---|---|")
+    for side, r in (("current", g), ("baseline", b)):
+        print(
+            f"| {side} | {r['hf_s'] * 1e3:.1f} | {r['lens_s'] * 1e3:.1f} | {r['lens_over_hf']:.3f} "
+            f"| {r['lens_cache_all_s'] * 1e3:.1f} | {r['cache_over_plain']:.3f} |"
+        )
+    print(
+        f"| current/baseline | {x['hf_time']:.3f} | {x['lens_forward_time']:.3f} | {x['lens_over_hf']:.3f} "
+        f"| - | {x['cache_over_plain']:.3f} |"
+    )
+    print(
+        f"  baseline max |logit diff| vs HF: {b['max_abs_logit_diff']:.2e}; "
+        f"run_with_cache(reuse_memory=False)/forward: current {g['cache_no_reuse_over_plain']:.3f}, "
+        f"baseline {b['cache_no_reuse_over_plain']:.3f}"
+    )
+    print(
+        f"  targets: forward lens/HF <= 1.0: {g['lens_over_hf']:.3f}; "
+        f"run_with_cache/forward <= 1.15: {g['cache_over_plain']:.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter sequence (smoke test)")
@@ -181,11 +289,23 @@ def main() -> None:
         "--keep-freed-memory", action="store_true", help="call lens.utils.keep_freed_memory() first (opt-in tuning)"
     )
     parser.add_argument("--skip-long", action="store_true", help="only the GPT-2-small measurements")
+    parser.add_argument(
+        "--baseline", metavar="REF", default=None, help="also measure lens at git revision REF (GPT-2 part)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--worker", choices=["hf", "lens", "tl", "tl-gpt2"], help=argparse.SUPPRESS)
+    parser.add_argument("--side-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.side_worker:
+        from benchmarks._common import serve_side
+
+        serve_side(ForwardSide)
+        return
     if args.worker == "tl-gpt2":
         print(json.dumps(tl_gpt2_worker(args.repeats)))
         return
@@ -201,10 +321,10 @@ def main() -> None:
         import lens
 
         print(f"lens.utils.keep_freed_memory(): {lens.utils.keep_freed_memory()} (applies to every contender)")
-    g = bench_gpt2(repeats=3 if args.quick else 10)
-    print("GPT-2-small shape, fp32 CPU, batch 8 x 128")
+    g = bench_gpt2(repeats=3 if args.quick else 10, baseline=args.baseline)
+    print(f"GPT-2-small shape, fp32 CPU, batch 8 x 128, {torch.get_num_threads()} thread(s)")
     print(f"  HF forward           {g['hf_s'] * 1e3:8.1f} ms")
-    print(f"  lens forward         {g['lens_s'] * 1e3:8.1f} ms   lens/HF = {g['lens_over_hf']:.3f}  (target <= 1.05)")
+    print(f"  lens forward         {g['lens_s'] * 1e3:8.1f} ms   lens/HF = {g['lens_over_hf']:.3f}  (target <= 1.0)")
     print(
         f"  lens run_with_cache  {g['lens_cache_all_s'] * 1e3:8.1f} ms   "
         f"cache/plain = {g['cache_over_plain']:.3f}  (target <= 1.15)"
@@ -214,6 +334,8 @@ def main() -> None:
         f"cache/plain = {g['cache_no_reuse_over_plain']:.3f}  (fresh memory every call, as TransformerLens)"
     )
     print(f"  max |logit diff| vs HF: {g['max_abs_logit_diff']:.2e}")
+    if args.baseline:
+        print_baseline(g)
     if args.skip_long:
         print(json.dumps({"gpt2": g}))
         return

@@ -2,13 +2,17 @@
 
 Three ways to take one greedy decode step of the GPT-2-small shape (fp32 CPU, KV cache of 32 + N tokens):
 
-- ``lens``: ``model._next_logits`` (what ``generate`` runs: modules, hook points, the attention context);
+- ``lens``: ``model.decode_step`` (what ``generate`` runs: the ordinary forward, modules and hook points,
+  keeping the last position's logits; on a lens without it, ``model(token, past_kv_cache=cache)``);
 - ``lean``: the same arithmetic hand-written in one function for this architecture (layer norm, one
   ``addmm`` per projection, SDPA over a preallocated cache, in-place residual adds), no modules or hooks;
 - ``floor``: only the weight products (:func:`benchmarks.bench_generate.weight_floor`).
 
+Both the lean step and the floor read the model's parameters as plain tensors in their stored layout
+(the unembedding is the tied embedding matrix itself).
+
 ``lean - floor`` is the unavoidable non-GEMV work; ``lens - lean`` is lens's Python overhead per step,
-which is what separates lens from the 1.3x-HF decode target (docs/benchmarks.md, "Generation").
+which is what separates lens from the decode target (docs/benchmarks.md, "Generation").
 The lean step is a measuring stick for GPT-2 only, checked against lens's logits before timing.
 
 Run: ``.venv/bin/python -m benchmarks.decode_overhead [--steps 64] [--repeats 5]``
@@ -27,7 +31,7 @@ from benchmarks._common import gpt2_small
 from benchmarks.bench_generate import weight_floor
 
 
-def lean_gpt2_step(model, max_len: int, rows: int):
+def lean_gpt2_step(model, max_len: int):
     """A hook-free decode step for a GPT-2-shaped lens model: ``step(token, pos) -> logits [1, vocab]``."""
     cfg = model.cfg
     h, dh, d = cfg.n_heads, cfg.d_head, cfg.d_model
@@ -38,10 +42,9 @@ def lean_gpt2_step(model, max_len: int, rows: int):
          b.ln2.w, b.ln2.b, b.mlp.in_weight.t(), b.mlp.in_bias, b.mlp.out_weight.t(), b.mlp.out_bias)
         for b in model.blocks
     ]  # fmt: skip
-    from lens.generation import decode_unembed
-
     w_e, w_pos = model.embed.weight, model.pos_embed.weight
-    w_u = decode_unembed.weight_for_decode(model, rows)  # the layout lens decodes with
+    w_u = model.unembed.weight  # [d_vocab, d_model] (tied to the embedding) or [d_model, d_vocab]
+    w_u = w_u if w_u.shape[-1] == cfg.d_vocab else w_u.t()
     ln_f, eps, scale = model.ln_final, cfg.eps, model.blocks[0].attn.scale
 
     def step(token: int, pos: int) -> torch.Tensor:
@@ -65,25 +68,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from lens.adapters import from_hf_model
-    from lens.generation import KVCache, fast_step
+    from benchmarks._common import from_hf_model
+    from lens.generation import KVCache
 
     model = from_hf_model(gpt2_small())
+    decode = getattr(model, "decode_step", None)
+    if decode is None:  # a lens without decode_step: the ordinary forward with a cache
+        decode = lambda t, cache: model(t, past_kv_cache=cache)[:, -1]  # noqa: E731
     prompt = torch.randint(0, 50256, (1, 32), generator=torch.Generator().manual_seed(0))
     n, p_len = args.steps, prompt.shape[1]
 
     def lens_steps() -> float:
         cache = KVCache.for_model(model, 1, p_len + n + 1)
-        prepared = fast_step.Prepared(model, rows=n)
-        model._next_logits(prompt, None, cache, prepared)
+        decode(prompt, cache)
         tok = torch.tensor([[5]])
         t = time.perf_counter()
         for _ in range(n):
-            model._next_logits(tok, None, cache, prepared)
+            decode(tok, cache)
         return (time.perf_counter() - t) / n
 
     def lean_steps() -> float:
-        step = lean_gpt2_step(model, p_len + n + 1, n)
+        step = lean_gpt2_step(model, p_len + n + 1)
         for i, tok in enumerate(prompt[0].tolist()):  # the prompt, one token at a time
             step(tok, i)
         t = time.perf_counter()
@@ -99,7 +104,7 @@ def main() -> None:
         return (time.perf_counter() - t) / n
 
     with torch.inference_mode():  # the lean step must compute lens's numbers
-        step = lean_gpt2_step(model, 8, n)
+        step = lean_gpt2_step(model, 8)
         for i, tok in enumerate(prompt[0, :8].tolist()):
             lean_logits = step(tok, i)
         ref = model(prompt[:, :8])[0, -1]
