@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -399,6 +400,21 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
         """
         logits = self(tokens, past_kv_cache=kv_cache, attention_mask=attention_mask, logits_to_keep=1)
         return logits[:, -1].float()
+
+    @contextmanager
+    def decoding(self, batch: int, steps: int) -> Iterator[HookedTransformer]:
+        """Declare that about ``steps`` one-token :meth:`decode_step` calls of ``batch`` rows follow.
+
+        Components may keep a decode-friendly layout of a weight for the duration (built on entry, dropped on
+        exit; today: the unembedding of a tied model decoding one row on CPU, see
+        :mod:`lens.components.embed`). Results are the same inside and outside; only speed differs.
+        ``generate`` enters it once per call.
+
+        >>> with model.decoding(batch=1, steps=100):
+        ...     logits = model.decode_step(next_token, cache)
+        """
+        with self.unembed.decode_layout(batch, steps):
+            yield self
 
     def generate(
         self,

@@ -4,15 +4,23 @@
 positions are weights, not a mask, so their size follows the checkpoint), ``W_U`` ``[d_model, d_vocab]``.
 The unembedding stores its weight as ``[d_vocab, d_model]`` so tied embeddings share one tensor. An untied
 unembedding is stored input-major like every projection (:mod:`lens.components.linear`); a tied one keeps
-the embedding's row-major layout: input-major, each token's lookup touches ``d_model`` cache lines, which
-cost a GPT-2-small forward of 8 x 128 tokens ~10% (measured). Decoding, which reads the whole
-unembedding every step, uses an input-major copy instead (:mod:`lens.generation.decode_unembed`).
+the embedding's row-major layout, which lookups need.
+
+The unembedding is the largest matrix a decode step reads, so :class:`Unembed` picks its kernel by layout and
+row count (one home, no second implementation): a row-major weight with a few rows (2-64, e.g. a batch of
+decode steps) is computed as ``(W @ x.T).T``, which CPU BLAS streams much faster than ``x @ W.T``; and inside
+:meth:`Unembed.decode_layout` (entered by ``HookedTransformer.decoding`` for one ``generate`` call) a one-row
+product on CPU reads an input-major copy of a row-major weight, built on entry and dropped on exit. Values
+are the same; only the summation order can differ (float rounding). Measurements: docs/benchmarks.md.
 
 >>> emb = Embed(cfg); emb(torch.tensor([[1, 2]])).shape
 torch.Size([1, 2, 64])
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +67,9 @@ class PosEmbed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """Maps the final residual stream to logits: ``x @ W_U + b_U``."""
+    """Maps the final residual stream to logits: ``x @ W_U + b_U`` (kernel chosen by layout, see module docs)."""
+
+    few_rows: int = 64  # up to this many rows, a row-major weight is multiplied as (W @ x.T).T
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -68,6 +78,7 @@ class Unembed(nn.Module):
         self.bias = (
             nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype, device=cfg.device)) if cfg.unembed_bias else None
         )
+        self._decode: _DecodeCopy | None = None
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
@@ -80,4 +91,53 @@ class Unembed(nn.Module):
         return self.bias
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return linear(x, self.weight, self.bias)
+        w = self.weight
+        rows = x.numel() // x.shape[-1]
+        decode = self._decode
+        if decode is not None and rows == 1:
+            wt = decode.current(w)
+            if wt is not None:  # the input-major copy of this call, valid for the weight as it is now
+                return linear(x, wt.t(), self.bias)
+        if 1 < rows <= self.few_rows and w.is_contiguous() and w.device.type == "cpu":
+            x2 = x.reshape(rows, x.shape[-1])
+            out = torch.mm(w, x2.t()) if self.bias is None else torch.addmm(self.bias[:, None], w, x2.t())
+            return out.t().contiguous().view(*x.shape[:-1], w.shape[0])
+        return linear(x, w, self.bias)
+
+    @contextmanager
+    def decode_layout(self, batch: int, steps: int) -> Iterator[None]:
+        """Within this block, one-row products read an input-major copy of a row-major weight (CPU only).
+
+        Worth it from ``steps`` of about 32 one-row decode steps at ``batch == 1`` (the copy costs about one
+        pass over the weight); otherwise nothing happens. The copy is built on entry and dropped on exit, and
+        rebuilt inside if the parameter is replaced or edited in place (its version counter moves); an edit
+        through ``.data`` inside the block is the one change it cannot see.
+        """
+        w = self.weight
+        wanted = batch == 1 and steps >= 32 and w.device.type == "cpu" and w.is_contiguous()
+        if not wanted or self._decode is not None:
+            yield
+            return
+        self._decode = _DecodeCopy()
+        try:
+            yield
+        finally:
+            self._decode = None
+
+
+class _DecodeCopy:
+    """An input-major copy ``[d_model, d_vocab]`` of one weight, tied to its identity and version counter."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.t: Tensor | None = None
+
+    def current(self, w: Tensor) -> Tensor | None:
+        key = (id(w), w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+        if key != self.key:
+            with torch.no_grad():
+                t = torch.empty(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)
+                for i in range(0, w.shape[0], 256):  # blocked transpose: torch's one-shot copy is slower
+                    t[:, i : i + 256].copy_(w[i : i + 256].t())
+            self.key, self.t = key, t
+        return self.t

@@ -152,7 +152,8 @@ def generate(model: Any, input: Any, config: GenerationConfig, attention_mask: T
     keep = model.names_filter_fn(config.names_filter) if config.return_cache else None
     plan = make_plan(model, input, config, attention_mask)
     recorder = ActivationRecorder(model, keep) if keep is not None else None
-    with model.hooks(fwd_hooks=recorder.hooks() if recorder is not None else ()):
+    rows = plan.tokens.shape[0] * plan.num_beams
+    with model.hooks(fwd_hooks=recorder.hooks() if recorder is not None else ()), model.decoding(rows, plan.max_new):
         if plan.num_beams > 1:  # (cloned outside inference mode: ordinary tensors for the caller)
             tokens, gen_len, logprobs = (None if t is None else t.clone() for t in beam_search(model, plan))
         else:
@@ -181,6 +182,7 @@ def generate_stream(
 
 
 def _stream(model: Any, plan: GenerationPlan) -> Iterator[Any]:
+    # No model.decoding() here: the caller's code runs between steps and may edit weights in any way.
     run = _SampleRun(model, plan)
     text = TextStream(model.tokenizer, plan.tokens.shape[0]) if plan.output_kind in ("str", "strs") else None
     for nxt, live in run:

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lens.cache import ActivationCache
-
 _KEYED = ("hook_pattern", "hook_attn_scores")
 
 
@@ -55,7 +53,7 @@ class ActivationRecorder:
     def hooks(self) -> list[tuple[str, Callable]]:
         return [(name, self._save) for name in self.names]
 
-    def finish(self) -> ActivationCache:
+    def finish(self) -> Any:
         """Concatenate the steps along ``pos`` (keys of scores/patterns placed at their positions)."""
         out = {}
         for name, steps in self.steps.items():
@@ -75,4 +73,4 @@ class ActivationRecorder:
                 full[:, :, row : row + q, q_end - k : q_end] = t
                 row += q
             out[name] = full
-        return ActivationCache(out, self.model)
+        return self.model.cache_class(out, self.model)  # the model's cache type (lens.ActivationCache)
