@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import pickle
 
+import pytest
 import torch
 
+import lens
+import lens.activation_pool
 from tests.conftest import tiny_model
 
 
@@ -95,3 +98,54 @@ def test_a_rebinding_loop_alternates_between_two_caches_of_memory():
     one_cache = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.values()}.values())
     assert seen[2] == seen[0] and seen[3] == seen[1] and not seen[0] & seen[1]
     assert model._activation_pool.nbytes == 2 * one_cache
+
+
+def _snapshot_checks(model, toks):
+    """Cached values are copies taken when the hook fired: a later in-place edit does not show in the cache."""
+
+    def edit(x, hook):
+        x.mul_(0.0)
+
+    _, ref = model.run_with_cache(toks, reuse_memory=False)
+    _, pooled = model.run_with_cache(toks)
+    for name in ref.keys():
+        torch.testing.assert_close(pooled[name], ref[name], atol=0, rtol=0)
+    cache_dict, fwd, _ = model.get_caching_hooks(["hook_embed"], pool=lens.activation_pool.ActivationPool())
+    with model.hooks(fwd_hooks=fwd + [("hook_embed", edit)]):
+        model(toks)
+    assert cache_dict["hook_embed"].abs().sum() > 0  # the edit after the caching hook did not reach the copy
+
+
+@pytest.mark.parametrize("has_api", [True, False], ids=["use-count-api", "no-private-api"])
+def test_pool_copies_with_and_without_the_private_api(monkeypatch, has_api):
+    import lens.activation_pool as ap
+
+    if not has_api:
+        monkeypatch.setattr(ap, "_use_count", None)
+        assert not ap.ActivationPool().recycles
+    model = lens.HookedTransformer(lens.TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=50, n_ctx=16))
+    toks = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    _snapshot_checks(model, toks)
+
+
+def test_pool_is_thread_safe():
+    import threading
+
+    pool = lens.activation_pool.ActivationPool()
+    errors = []
+
+    def work():
+        try:
+            for _ in range(200):
+                pool.new_call()
+                t = pool.take(torch.ones(4, 3))
+                assert torch.equal(t, torch.ones(4, 3))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
