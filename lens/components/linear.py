@@ -4,7 +4,7 @@ Every projection weight keeps the ``[out, in]`` *shape* of ``nn.Linear`` (so ada
 processing and the TransformerLens-shaped views are unchanged), but is *stored* input-major: the
 parameter is the transpose of a contiguous ``[in, out]`` tensor, the layout of GPT-2's ``Conv1D``
 and of TransformerLens's ``W_in``. Decoding one token is a matrix-vector product that streams every
-weight from memory, and on CPU BLAS streams an ``[in, out]`` matrix ``x @ W`` about 15-20% faster
+weight from memory, and on CPU BLAS streams an ``[in, out]`` matrix ``x @ W`` faster
 than the ``[out, in]`` form ``F.linear`` uses (measured in docs/benchmarks.md). Weight loading and
 processing write through ``copy_``, which keeps the strides; a weight given another layout (an
 assignment, a tied embedding) still computes the same numbers, only not as fast.

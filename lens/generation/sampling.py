@@ -273,7 +273,7 @@ def sample_next_token(
         >>> sample_next_token(torch.tensor([[0.1, 2.0, -1.0]]), do_sample=False)
         tensor([1])
     """
-    if not do_sample:  # max's indices are argmax's (first maximum, NaN counts as maximal), ~2.5x faster on CPU
+    if not do_sample:  # max's indices are argmax's (first maximum, NaN counts as maximal), and faster on CPU
         return logits.max(dim=-1).indices
     probs = torch.softmax(logits.float(), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
