@@ -2,7 +2,8 @@
 
 Names and shapes follow TransformerLens (``hook_embed``, ``blocks.3.attn.hook_pattern``,
 ``blocks.3.mlp.hook_post``, ``ln_final.hook_normalized``, ...); logits equal Hugging Face's for the
-same weights (``lens.families`` map them, ``lens.loading`` converts). Masks are built per forward for the positions in use
+same weights (``lens.families`` map them, ``lens.loading`` converts).
+Masks are built per forward for the positions in use
 and attention takes the fused SDPA path whenever no hook watches its scores or pattern.
 
 >>> cfg = TransformerConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=259, n_ctx=128)
