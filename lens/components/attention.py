@@ -135,9 +135,9 @@ class Attention(nn.Module):
         cfg = self.cfg
         h, kv, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
         if key_input is None and query_input.ndim == 3:
-            qkv = linear(query_input, self.qkv_weight, self.qkv_bias)
-            q, k, v = qkv.split([h * dh, kv * dh, kv * dh], dim=-1)
-            q, k, v = q.unflatten(-1, (h, dh)), k.unflatten(-1, (kv, dh)), v.unflatten(-1, (kv, dh))
+            b, p = query_input.shape[:2]
+            qkv = linear(query_input, self.qkv_weight, self.qkv_bias).view(b, p, h + 2 * kv, dh)
+            q, k, v = torch.split_with_sizes(qkv, (h, kv, kv), dim=2)
         else:
             key_input = query_input if key_input is None else key_input
             value_input = query_input if value_input is None else value_input
@@ -148,15 +148,15 @@ class Attention(nn.Module):
         if cfg.positional == "rotary":
             q = self.hook_rot_q(apply_rotary(q, ctx.cos, ctx.sin))
             k = self.hook_rot_k(apply_rotary(k, ctx.cos, ctx.sin))
-        key_pos = None
-        if ctx.kv_cache is not None:
-            k, v = ctx.kv_cache.update(self.layer_idx, k, v)
-            if ctx.key_pos is not None:  # a sliding-window ring buffer, keys in slot order
-                key_pos = ctx.key_pos.get(self.window)
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, n, pos, dh]
+        key_pos = None
+        if ctx.kv_cache is not None:
+            kh, vh = ctx.kv_cache.update_heads(self.layer_idx, kh, vh)
+            if ctx.key_pos is not None:  # a sliding-window ring buffer, keys in slot order
+                key_pos = ctx.key_pos.get(self.window)
         k_len = kh.shape[-2]
-        if self.explicit:
+        if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:  # see `explicit`
             if key_pos is not None:  # hooks see keys in position order
                 order = key_pos.argsort()
                 kh, vh = kh[:, :, order], vh[:, :, order]
@@ -169,7 +169,7 @@ class Attention(nn.Module):
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h k, h k d -> b p h d"))
             out = result.sum(dim=2)
             return out if self.o_bias is None else out + self.o_bias
-        return linear(z.reshape(*z.shape[:2], h * dh), self.o_weight, self.o_bias)
+        return linear(z.flatten(2), self.o_weight, self.o_bias)
 
     def _fused_attention(
         self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int, key_pos: Tensor | None = None

@@ -17,6 +17,7 @@ assignment, a tied embedding) still computes the same numbers, only not as fast.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -29,14 +30,10 @@ def input_major(out_features: int, in_features: int, **kw) -> nn.Parameter:
 def linear(
     x: Float[Tensor, "... d_in"], weight: Float[Tensor, "d_out d_in"], bias: Float[Tensor, "d_out"] | None = None
 ) -> Float[Tensor, "... d_out"]:
-    """``x @ weight.T + bias``, like ``F.linear``, computed as a GEMM on ``weight.T`` (input-major).
+    """``x @ weight.T + bias``: ``F.linear`` on a contiguous input.
 
-    This is the same call as GPT-2's ``Conv1D`` (``addmm(bias, x, W)``), so on GPT-2 weights lens and
-    Hugging Face round identically.
+    With an input-major ``weight``, ``weight.T`` is contiguous and ``F.linear`` on a contiguous input
+    (of any rank) is one ``addmm(bias, x_2d, weight.T)``: the same call as GPT-2's ``Conv1D``, so on GPT-2
+    weights lens and Hugging Face round identically, and the same numbers whatever the input's strides.
     """
-    wt = weight.t()
-    if bias is None:
-        return torch.matmul(x, wt)
-    if x.ndim == 2:
-        return torch.addmm(bias, x, wt)
-    return torch.addmm(bias, x.reshape(-1, x.shape[-1]), wt).view(*x.shape[:-1], wt.shape[1])
+    return F.linear(x.contiguous(), weight, bias)

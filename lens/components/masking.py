@@ -38,7 +38,8 @@ class AttentionContext:
         q_len: number of query positions in this forward.
         positions: ``[batch, q_len]`` position ids (padding-aware) for rotary / learned embeddings.
         key_valid: ``[batch, q_offset + q_len]`` False on padding keys, or None when there is none.
-        kv_cache: an object with ``update(layer, k, v) -> (k_all, v_all)``, or None.
+        kv_cache: an object with ``update_heads(layer, k, v) -> (k_all, v_all)`` in the heads-first layout
+            ``[batch, kv_head, pos, d_head]`` (:class:`lens.generation.KVCache`), or None.
         key_pos: ``{window: [k] key positions}`` for sliding-window layers whose cache returns a ring
             buffer in slot order (set from ``kv_cache.key_positions``), or None.
         cos, sin: rotary tables for ``positions`` (filled by the model when it uses rotary).
