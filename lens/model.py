@@ -354,6 +354,8 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
         if stop_at_layer is not None:
             return resid
         if return_type is None:
+            if self.ln_final is not None:  # as TransformerLens: ln_final's hooks fire; no unembedding
+                self.ln_final(resid)
             return None
         logits = self._unembed_final(resid, logits_to_keep)
         if return_type == "logits":
