@@ -10,6 +10,11 @@ HookPoint keeps its own hook lists instead of torch's module hooks: a forward wi
 attribute check per hook point, and components can ask ``hook.has_hooks`` to pick a fused fast path
 (e.g. ``scaled_dot_product_attention``) when nobody is watching.
 
+Threads: hooks added for one call (``run_with_hooks``, ``run_with_cache``, ``with model.hooks(...)``)
+belong to the thread that added them and fire only there, so one model can serve several threads at once
+(each call sees only its own hooks, and ``has_hooks`` answers per thread). Hooks added with
+``model.add_hook`` / ``HookPoint.add_hook`` are global: they fire in every thread.
+
 Example:
     >>> def zero_head_0(z, hook):
     ...     z[:, :, 0] = 0.0
@@ -20,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,19 +59,45 @@ def _bump_epoch() -> None:
     _epoch += 1
 
 
+_current_thread = threading.current_thread
+
+
 class _Handle:
-    """Removal handle for one hook function on one HookPoint."""
+    """Removal handle for one hook function on one HookPoint.
 
-    __slots__ = ("point", "fn", "dir", "permanent", "level", "tensor_handles")
+    ``owner`` is None for a global hook, else the thread whose call added it (the hook fires only there).
+    """
 
-    def __init__(self, point: HookPoint, fn: HookFn, dir: str, permanent: bool, level: int | None):
+    __slots__ = ("point", "fn", "dir", "permanent", "level", "tensor_handles", "owner")
+
+    def __init__(
+        self,
+        point: HookPoint,
+        fn: HookFn,
+        dir: str,
+        permanent: bool,
+        level: int | None,
+        owner: threading.Thread | None = None,
+    ):
         self.point, self.fn, self.dir, self.permanent, self.level = point, fn, dir, permanent, level
+        self.owner = owner
         self.tensor_handles: list[Any] = []
+
+    def live(self) -> bool:
+        """True when this hook fires in the calling thread (global, or added by this thread)."""
+        return self.owner is None or self.owner is _current_thread()
+
+    def removable(self) -> bool:
+        """True unless the hook belongs to a call still running in another thread."""
+        return self.owner is None or self.owner is _current_thread() or not self.owner.is_alive()
 
     def remove(self) -> None:
         lst = self.point._fwd if self.dir == "fwd" else self.point._bwd
-        if self in lst:
+        try:
             lst.remove(self)
+        except ValueError:  # already removed
+            pass
+        else:
             _bump_epoch()
         for h in self.tensor_handles:
             h.remove()
@@ -94,8 +126,11 @@ class HookPoint(nn.Module):
 
     @property
     def has_hooks(self) -> bool:
-        """True when any forward or backward hook is attached (components then skip fused paths)."""
-        return bool(self._fwd or self._bwd)
+        """True when a forward or backward hook fires here in the calling thread (components then skip fused
+        paths); another thread's call hooks do not count."""
+        if not (self._fwd or self._bwd):
+            return False
+        return any(h.live() for h in (*self._fwd, *self._bwd))
 
     @property
     def may_edit(self) -> bool:
@@ -104,7 +139,9 @@ class HookPoint(nn.Module):
         Components use this to keep a fused kernel while still reporting an intermediate value:
         a read-only hook sees the value but cannot change what the fused kernel computes.
         """
-        return bool(self._bwd) or any(not getattr(h.fn, "read_only", False) for h in self._fwd)
+        return any(h.live() for h in self._bwd) or any(
+            h.live() and not getattr(h.fn, "read_only", False) for h in self._fwd
+        )
 
     def add_hook(
         self,
@@ -114,25 +151,36 @@ class HookPoint(nn.Module):
         level: int | None = None,
         prepend: bool = False,
     ) -> _Handle:
-        """Attach ``fn(activation, hook)``; ``dir`` is ``"fwd"`` or ``"bwd"``. Returns a handle."""
+        """Attach ``fn(activation, hook)``; ``dir`` is ``"fwd"`` or ``"bwd"``. Returns a handle.
+
+        The hook is global: it fires in every thread (hooks of ``model.hooks(...)`` fire only in theirs).
+        """
+        return self._attach(fn, dir, is_permanent, level, prepend, None)
+
+    def _attach(
+        self, fn: HookFn, dir: str, is_permanent: bool, level: int | None, prepend: bool, owner: threading.Thread | None
+    ) -> _Handle:
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         if not callable(fn):
             raise TypeError(f"hook function for {self.name} must be callable, got {type(fn).__name__}")
-        handle = _Handle(self, fn, dir, is_permanent, level)
+        handle = _Handle(self, fn, dir, is_permanent, level, owner)
         lst = self._fwd if dir == "fwd" else self._bwd
         lst.insert(0, handle) if prepend else lst.append(handle)
         _bump_epoch()
         return handle
 
     def remove_hooks(self, dir: str = "both", including_permanent: bool = False, level: int | None = None) -> None:
-        """Remove hooks in direction ``dir`` ("fwd", "bwd" or "both")."""
+        """Remove hooks in direction ``dir`` ("fwd", "bwd" or "both").
+
+        Hooks of a call running in another thread stay: they belong to that call, which removes them.
+        """
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
         lists = {"fwd": [self._fwd], "bwd": [self._bwd], "both": [self._fwd, self._bwd]}[dir]
         for lst in lists:
             for h in list(lst):
-                if (including_permanent or not h.permanent) and (level is None or h.level == level):
+                if (including_permanent or not h.permanent) and (level is None or h.level == level) and h.removable():
                     h.remove()
 
     def clear_context(self) -> None:
@@ -142,22 +190,44 @@ class HookPoint(nn.Module):
         return x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fwd:
-            for h in tuple(self._fwd):
-                out = h.fn(x, hook=self)
-                if out is not None:
-                    if not isinstance(out, torch.Tensor):
-                        raise TypeError(f"hook on {self.name} returned {type(out).__name__}; return a tensor or None")
-                    if out.shape != x.shape:
-                        raise ValueError(
-                            f"hook on {self.name} returned a tensor of shape {tuple(out.shape)}, but the "
-                            f"activation has shape {tuple(x.shape)}; a hook must keep the shape"
-                        )
-                    x = out
+        if self._fwd:  # the unhooked path is this one check (and the next)
+            x = self._run_fwd(x)
         if self._bwd and x.requires_grad:
             for h in tuple(self._bwd):
-                h.tensor_handles.append(x.register_hook(functools.partial(_call_bwd, h.fn, self)))
+                if h.live():
+                    h.tensor_handles.append(x.register_hook(functools.partial(_call_bwd, h.fn, self)))
         return x
+
+    def _run_fwd(self, x: torch.Tensor) -> torch.Tensor:
+        for h in tuple(self._fwd):
+            if h.owner is not None and h.owner is not _current_thread():
+                continue  # another thread's call hook
+            out = h.fn(x, hook=self)
+            if out is not None:
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"hook {_fn_name(h.fn)} on {self.name} returned {type(out).__name__}; return a tensor or None"
+                    )
+                if out.shape != x.shape:
+                    raise ValueError(
+                        f"hook {_fn_name(h.fn)} on {self.name} returned a tensor of shape {tuple(out.shape)}, but "
+                        f"the activation has shape {tuple(x.shape)}; a hook must keep the shape"
+                    )
+                if out.dtype != x.dtype or out.device != x.device:
+                    raise ValueError(
+                        f"hook {_fn_name(h.fn)} on {self.name} returned a tensor of dtype {out.dtype} on "
+                        f"{out.device}, but the activation is {x.dtype} on {x.device}; a hook must keep the dtype "
+                        "and device (convert with .to(activation))"
+                    )
+                x = out
+        return x
+
+
+def _fn_name(fn: HookFn) -> str:
+    """A hook function's name for error messages (``functools.partial`` unwrapped)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def _call_bwd(fn: HookFn, point: HookPoint, grad: torch.Tensor) -> torch.Tensor | None:
@@ -228,11 +298,13 @@ class HookedRootModule(nn.Module):
         level: int | None = None,
         prepend: bool = False,
     ) -> list[_Handle]:
-        """Attach ``hook`` to the named hook point (or to every point a filter selects)."""
+        """Attach ``hook`` to the named hook point (or to every point a filter selects); it fires in every
+        thread (hooks of ``run_with_hooks`` / ``run_with_cache`` / ``hooks()`` fire only in their own)."""
         return [hp.add_hook(hook, dir, is_permanent, level, prepend) for hp in self._resolve(name)]
 
     def reset_hooks(self, including_permanent: bool = False, level: int | None = None) -> None:
-        """Remove all (non-permanent, unless asked) hooks from every hook point."""
+        """Remove all (non-permanent, unless asked) hooks from every hook point, except the hooks of a call
+        running in another thread (that call removes them itself)."""
         for hp in self.hook_dict.values():
             hp.remove_hooks("both", including_permanent=including_permanent, level=level)
 
@@ -248,16 +320,21 @@ class HookedRootModule(nn.Module):
     ) -> Iterator[HookedRootModule]:
         """Context manager: hooks are attached on entry and removed on exit (also on error).
 
+        The hooks belong to the calling thread: forwards run by other threads meanwhile do not see them
+        (and ``has_hooks`` there stays False), so one model can serve several threads at once.
+        With ``reset_hooks_end=False`` they stay attached, still only for this thread.
+
         >>> with model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: x * 0)]):
         ...     logits = model(tokens)
         """
         handles: list[_Handle] = []
+        owner = _current_thread()
         try:
             for dir, specs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
                 for spec in specs:
                     if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
                         raise TypeError(f"each hook must be a (name_or_filter, fn) pair, got {spec!r}")
-                    handles.extend(self.add_hook(spec[0], spec[1], dir=dir))
+                    handles.extend(hp._attach(spec[1], dir, False, None, False, owner) for hp in self._resolve(spec[0]))
             yield self
         finally:
             if reset_hooks_end:
@@ -370,8 +447,8 @@ class HookedRootModule(nn.Module):
         pool = None
         if reuse_memory:
             pool = self.__dict__.get("_activation_pool")
-            if pool is None:
-                pool = self.__dict__["_activation_pool"] = ActivationPool()
+            if pool is None:  # setdefault: two threads starting at once share one pool
+                pool = self.__dict__.setdefault("_activation_pool", ActivationPool())
             pool.new_call()
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pool=pool)
         with self.hooks(fwd, bwd, reset_hooks_end):
