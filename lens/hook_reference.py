@@ -70,6 +70,15 @@ def markdown() -> str:
         "output (after its weight and bias); `hook_scale` is the divisor `sqrt(mean(x^2) + eps)`. Hooking",
         "`hook_attn_scores` or `hook_pattern` switches that layer from fused SDPA to explicit attention",
         "(same numbers). During KV-cached generation, decode steps fire hooks with `pos = 1`.",
+        "A hook must return a tensor of the activation's shape, dtype and device (or None); anything else",
+        "raises an error naming the hook.",
+        "",
+        "Threads: hooks added for one call (`run_with_hooks`, `run_with_cache`, `with model.hooks(...)`)",
+        "belong to the thread that added them and fire only there, so several threads can use one model at",
+        "once, each seeing only its own call's hooks (and fused paths are chosen per thread). Hooks added with",
+        "`model.add_hook` / `HookPoint.add_hook` are global and fire in every thread. `reset_hooks()` leaves",
+        "the hooks of a call still running in another thread alone. The activation pool of",
+        "`run_with_cache` is shared by the threads and locked.",
     ]
     for title, overrides in LAYOUTS.items():
         lines += ["", f"## {title}", "", "| hook | shape |", "| --- | --- |"]

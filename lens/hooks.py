@@ -436,6 +436,9 @@ class HookedRootModule(nn.Module):
         ``model.clear_activation_pool()`` releases it). A buffer is recycled only when no tensor, view or
         NumPy array of it is alive; a bare ``untyped_storage()`` does not keep it, so keep a tensor.
         ``reuse_memory=False`` keeps references to the forward's own tensors, as TransformerLens does.
+        Threads: the caching hooks belong to the calling thread, so concurrent ``run_with_cache`` calls on one
+        model (from several threads) each record only their own forward; hooks added with ``model.add_hook``
+        fire in every thread (docs/hooks.md).
 
         >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "pattern" in n)
         >>> cache["pattern", 0].shape  # [batch, head, query_pos, key_pos]
