@@ -11,12 +11,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     from lens import demo
 
-    demo.add_arguments(sub.add_parser("demo", help=demo.__doc__.splitlines()[0], description=demo.__doc__))
+    demo_parser = sub.add_parser("demo", help=demo.__doc__.splitlines()[0], description=demo.__doc__)
+    demo.add_arguments(demo_parser)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return demo.run(args)
+    try:
+        return demo.run(args)
+    except demo.UsageError as e:  # a bad value found after parsing: the same usage error, exit code 2
+        demo_parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ manifest. ``--model`` also takes a local checkpoint: a lens zoo directory or a H
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,48 @@ import torch
 from tqdm.auto import tqdm
 
 DEFAULT_MODEL = "attn-only-2l"
+
+
+class UsageError(Exception):
+    """A bad command-line value; ``lens`` reports it as argparse does (usage, message, exit code 2)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_out(out: Path) -> None:
+    """Raise :class:`UsageError` unless ``out`` is a directory or can be created as one (nothing is created)."""
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"argument --out: {str(out)!r} exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UsageError(f"argument --out: directory {str(out)!r} is not writable")
+        return
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"argument --out: cannot create {str(out)!r}: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"argument --out: cannot create {str(out)!r}: {str(parent)!r} is not writable")
+
+
+def check_generation_length(model, prompt: str, max_new_tokens: int) -> None:
+    """Raise :class:`UsageError` when the prompt plus ``max_new_tokens`` exceeds the model's context."""
+    n_prompt = int(model.to_tokens(prompt).shape[-1])
+    room = model.cfg.n_ctx - n_prompt
+    if max_new_tokens > room:
+        raise UsageError(
+            f"argument --max-new-tokens: {max_new_tokens} is too many for {model.cfg.model_name or 'the model'}: "
+            f"its context is {model.cfg.n_ctx} positions and the prompt takes {n_prompt}, so at most {room}"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("lens-report"), help="output directory for the report")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random sequences and sampling")
-    parser.add_argument("--max-new-tokens", type=int, default=80, help="tokens to generate")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=80,
+        help="tokens to generate (at least 1; the prompt plus these must fit the model's context)",
+    )
     parser.add_argument("--prompt", default="def __init__(self", help="prompt for text generation")
     parser.add_argument("--no-report", action="store_true", help="print the summary only, write no files")
 
@@ -73,13 +121,21 @@ def induction_prompt_pair(model, seed: int, length: int = 24, prefix: int = 12, 
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the demo. Bad arguments (``--out`` a file or not creatable, ``--max-new-tokens`` beyond the
+    context, a ``--model`` that does not load) raise :class:`UsageError` before any analysis runs."""
     from lens import head_detectors, patching, plot, repro
     from lens.logit_lens import logit_lens
 
     t0 = time.perf_counter()
+    if not args.no_report:
+        check_out(args.out)
+    try:
+        model = load_model(args.model)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise UsageError(f"argument --model: cannot load {args.model!r}: {e}") from e
+    check_generation_length(model, args.prompt, args.max_new_tokens)
     torch.manual_seed(args.seed)
     stages = tqdm(total=5, desc="lens demo", unit="step", leave=False)
-    model = load_model(args.model)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     stages.update()
 

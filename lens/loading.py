@@ -102,7 +102,9 @@ def from_pretrained(
     if dtype is not None:
         dtype = resolve_dtype(dtype)
     if isinstance(source, (str, os.PathLike)):
-        model = _from_directory(Path(source), dtype, device, context_size_override, flags, model_class)
+        model = _from_directory(
+            Path(source), dtype, device, context_size_override, flags, model_class, given=os.fspath(source)
+        )
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
         model = _from_model_object(source, dtype, device, context_size_override, flags, model_class)
     else:
@@ -356,8 +358,9 @@ def load_weights(
 ) -> None:
     """Fill ``model``'s parameters from checkpoint tensors, one at a time (no second full copy).
 
-    Raises ``ValueError`` naming the first few missing or unexpected checkpoint tensors, or the
-    tensor whose shape does not match the config, before or instead of returning a half-filled model.
+    Raises ``ValueError`` naming the first few missing or unexpected checkpoint tensors, the tensor whose
+    shape does not match the config, or one that is not floating point for a float weight, before or instead
+    of returning a half-filled model.
     """
     params = dict(model.named_parameters())
     no_spec = set(params) - set(specs)
@@ -374,8 +377,16 @@ def load_weights(
     for name, spec in specs.items():
         if name not in params:
             continue
-        value = spec.combine([get(s) for s in spec.sources])
         p = params[name]
+        raw = [get(s) for s in spec.sources]
+        if p.is_floating_point():
+            for source, t in zip(spec.sources, raw, strict=True):
+                if not t.is_floating_point():
+                    raise ValueError(
+                        f"checkpoint tensor {source!r} has dtype {t.dtype}, but {name} is a {p.dtype} weight; "
+                        "an integer or bool tensor would be converted silently (a corrupt or quantised checkpoint?)"
+                    )
+        value = spec.combine(raw)
         if tuple(value.shape) != tuple(p.shape):
             raise ValueError(
                 f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {tuple(value.shape)}, "
@@ -395,20 +406,23 @@ def _fill(model, adapter: Adapter, reader: CheckpointReader) -> None:
 
 
 # -- sources ------------------------------------------------------------------------------------------
-def _not_a_directory(path: Path) -> Exception:
+def _not_a_directory(path: Path, given: str | None = None) -> Exception:
+    """The error for a source that is not a directory; ``given`` is the name as the caller wrote it
+    (``Path`` folds ``hf://gpt2`` into ``hf:/gpt2``, so messages quote the original)."""
+    name = str(path) if given is None else given
     if path.exists():
-        return ValueError(f"{path} is a file; pass the directory that holds config.json and the weights")
-    name = str(path)
+        return ValueError(f"{name!r} is a file; pass the directory that holds config.json and the weights")
+    repo = name.split("://", 1)[1] if "://" in name else name  # hf://org/model -> org/model
     return FileNotFoundError(
         f"{name!r} is not a local directory. lens never downloads: fetch the checkpoint first, e.g. "
-        f"`huggingface-cli download {name} --local-dir ./{Path(name).name}`, then pass that directory "
+        f"`huggingface-cli download {repo} --local-dir ./{Path(repo).name or 'model'}`, then pass that directory "
         "(or pass a transformers model object)"
     )
 
 
-def _from_directory(directory: Path, dtype, device, override, flags: ProcessingFlags, model_class):
+def _from_directory(directory: Path, dtype, device, override, flags: ProcessingFlags, model_class, given=None):
     if not directory.is_dir():
-        raise _not_a_directory(directory)
+        raise _not_a_directory(directory, given)
     hf = read_hf_config(directory)
     adapter = find_adapter(hf)
     name = None if hf.get("_name_or_path") else directory.name

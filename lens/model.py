@@ -196,7 +196,8 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
 
     def check_tokens(self, tokens: Tensor) -> Int[Tensor, "batch pos"]:
         """Token ids checked against this model: ``[batch, pos]`` (a ``[pos]`` input gains a batch dim),
-        integer, non-empty, inside ``[0, d_vocab)``, on the model's device. ``TypeError``/``ValueError`` otherwise.
+        integer, at least one row and one position, inside ``[0, d_vocab)``, on the model's device.
+        ``TypeError``/``ValueError`` otherwise.
 
         >>> model.check_tokens(torch.tensor([1, 2, 3])).shape
         torch.Size([1, 3])
@@ -209,6 +210,8 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
             tokens = tokens.unsqueeze(0)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        if tokens.shape[0] == 0:
+            raise ValueError(f"tokens has shape {tuple(tokens.shape)}: a batch of size 0; give at least one row")
         if tokens.shape[1] == 0:
             raise ValueError("tokens has no positions (empty sequence)")
         lo, hi = int(tokens.min()), int(tokens.max())
@@ -234,7 +237,15 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
         self, attention_mask: Tensor | None, batch: int, length: int
     ) -> Int[Tensor, "batch pos"] | None:
         """``attention_mask`` checked against an input of ``[batch, length]`` (a ``[pos]`` mask gains a batch
-        dim); None stays None. ``TypeError``/``ValueError`` naming the shapes otherwise."""
+        dim); None stays None. ``TypeError``/``ValueError`` naming the shapes otherwise.
+
+        Values must be bool or 0/1 (any dtype): 1 (True) marks a real token, 0 (False) padding. Any other
+        value (``2``, ``0.5``, ``-1``, nan) raises ValueError naming it, since it would otherwise shift the
+        padding-aware positions and change the logits silently.
+
+        >>> model.check_attention_mask(torch.tensor([0, 1, 1]), batch=1, length=3)
+        tensor([[0, 1, 1]])
+        """
         if attention_mask is None:
             return None
         if not isinstance(attention_mask, Tensor):
@@ -246,6 +257,16 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
                 f"attention_mask has shape {tuple(attention_mask.shape)}, but the input is "
                 f"[batch={batch}, pos={length}]; they must match"
             )
+        if attention_mask.dtype != torch.bool:
+            if attention_mask.is_complex():
+                raise TypeError(f"attention_mask must be bool or hold 0/1, got dtype {attention_mask.dtype}")
+            ok = (attention_mask == 0) | (attention_mask == 1)
+            if not bool(ok.all()):
+                bad = attention_mask[~ok][0].item()
+                raise ValueError(
+                    f"attention_mask holds the value {bad!r}; it must be bool or hold only 0 (padding) and 1 "
+                    "(real token)"
+                )
         return attention_mask
 
     def make_context(
@@ -338,6 +359,11 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
                     f"with start_at_layer, input must be a residual stream [batch, pos, d_model={self.cfg.d_model}]"
                 )
             batch, length = input.shape[:2]
+            if batch == 0 or length == 0:
+                raise ValueError(
+                    f"the residual stream input has shape {tuple(input.shape)}; it needs at least one row and "
+                    "one position"
+                )
             if tokens is not None:
                 tokens = self.check_tokens(tokens)
         attention_mask = self.check_attention_mask(attention_mask, batch, length)
@@ -347,6 +373,11 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
             raise ValueError("the loss needs the logits of every position; logits_to_keep must be 0")
         if return_type in ("loss", "both") and stop_at_layer is None and tokens is None:
             raise ValueError("return_type='loss' with start_at_layer needs tokens=... for the targets")
+        if return_type in ("loss", "both") and stop_at_layer is None and length < 2:
+            raise ValueError(
+                f"return_type={return_type!r}: the loss needs at least 2 positions (position i predicts token "
+                f"i+1), the input has {length}"
+            )
 
         ctx = self.make_context(batch, length, attention_mask, past_kv_cache)
         resid = self.embed_tokens(tokens, ctx) if start_at_layer is None else input

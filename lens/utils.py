@@ -28,8 +28,21 @@ def lm_cross_entropy_loss(
     """Next-token cross-entropy: position i predicts token i+1.
 
     With ``attention_mask`` (left or right padding), predictions whose target or source is padding
-    are excluded from the mean (and are 0 in the per-token result).
+    are excluded from the mean (and are 0 in the per-token result). Needs at least 2 positions (one
+    prediction with its target); fewer raise ValueError instead of returning the nan mean of nothing.
+
+    >>> lm_cross_entropy_loss(torch.zeros(1, 3, 5), torch.tensor([[0, 1, 2]]))  # uniform over 5: log 5
+    tensor(1.6094)
     """
+    if logits.ndim != 3 or tokens.ndim != 2:
+        raise ValueError(
+            f"logits must be [batch, pos, vocab] and tokens [batch, pos], got shapes {tuple(logits.shape)} and "
+            f"{tuple(tokens.shape)}"
+        )
+    if logits.shape[1] < 2:
+        raise ValueError(
+            f"the loss needs at least 2 positions (position i predicts token i+1), got {logits.shape[1]}"
+        )
     log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
     targets = tokens[:, 1:].to(log_probs.device)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
