@@ -429,7 +429,8 @@ class HookedRootModule(nn.Module):
 
         ``names_filter``: None (all), a hook name, a list of names, or ``fn(name) -> bool``.
         ``incl_bwd=True`` also backpropagates ``output`` (which must then be a scalar, e.g.
-        ``return_type="loss"``) and stores gradients under ``name + "_grad"``.
+        ``return_type="loss"``) and stores gradients under ``name + "_grad"``; it needs gradients enabled
+        (under ``torch.no_grad()`` or ``torch.inference_mode()`` it raises ValueError before running).
         ``reuse_memory=True`` (default): every cached value is a copy taken when its hook fired, on every
         device, so a later in-place edit of the activation (by another hook) never shows in the cache; on
         CPU the copies land in memory recycled from earlier caches that are gone (:mod:`lens.activation_pool`;
@@ -443,6 +444,12 @@ class HookedRootModule(nn.Module):
         >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "pattern" in n)
         >>> cache["pattern", 0].shape  # [batch, head, query_pos, key_pos]
         """
+        if incl_bwd and not torch.is_grad_enabled():
+            where = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
+            raise ValueError(
+                f"run_with_cache(incl_bwd=True) needs gradients, but it was called under {where}; call it "
+                "outside that block (or with torch.enable_grad())"
+            )
         if remove_batch_dim:
             batch = _batch_size(args, kwargs)
             if batch is not None and batch != 1:
