@@ -11,6 +11,7 @@ Keys are full hook names; TransformerLens shorthand works too:
 True
 >>> cache["resid_pre", -1]                      # negative layers count from the end
 >>> cache["scale", 2, "ln1"]                    # blocks.2.ln1.hook_scale
+>>> cache["scale2ln1"], cache["pattern0"]       # TransformerLens's string shorthand (lens.names.get_act_name)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from lens.names import get_act_name, unknown_hook_error
+from lens.utilities.slicing import Slice, SliceInput
 
 
 class HookCache:
@@ -113,12 +115,18 @@ class HookCache:
         self.has_batch_dim = False
         return self
 
-    def apply_slice_to_batch_dim(self, batch_slice: int | slice) -> HookCache:
-        """A new cache holding only ``batch_slice`` of every activation."""
+    def apply_slice_to_batch_dim(self, batch_slice: Slice | SliceInput) -> HookCache:
+        """A new cache holding only ``batch_slice`` of every activation (a :class:`lens.utils.Slice` or
+        anything it takes); an int drops the batch dimension. The tensors are views where indexing allows.
+
+        >>> cache.apply_slice_to_batch_dim(0)["resid_pre", 0].shape       # [pos, d_model]
+        >>> cache.apply_slice_to_batch_dim((0, 2)).has_batch_dim          # rows 0..1
+        True
+        """
+        batch_slice = Slice(batch_slice)
+        if batch_slice.mode == "identity":
+            return type(self)(dict(self.cache_dict), self.model, has_batch_dim=self.has_batch_dim)
         if not self.has_batch_dim:
-            raise ValueError("this cache has no batch dimension")
-        if isinstance(batch_slice, int):
-            out = {k: v[batch_slice] for k, v in self.cache_dict.items()}
-            return type(self)(out, self.model, has_batch_dim=False)
-        out = {k: v[batch_slice] for k, v in self.cache_dict.items()}
-        return type(self)(out, self.model, has_batch_dim=True)
+            raise ValueError("this cache has no batch dimension (remove_batch_dim was applied)")
+        out = {k: batch_slice.apply(v, dim=0) for k, v in self.cache_dict.items()}
+        return type(self)(out, self.model, has_batch_dim=batch_slice.mode != "int")

@@ -1,11 +1,32 @@
-"""Small shared utilities: TransformerLens-style activation names (from :mod:`lens.names`) and loss helpers.
+"""Utilities with TransformerLens 2.x's names and behaviour (``transformer_lens.utils`` -> ``lens.utils``).
+
+Everything public here is re-exported from one concern-per-module home in :mod:`lens.utilities`:
+
+- names and loss: ``get_act_name`` (:mod:`lens.names`), ``lm_cross_entropy_loss`` (here), ``lm_accuracy``;
+- slicing: ``Slice``, ``SliceInput`` (the ``pos_slice=`` argument of ``ActivationCache`` methods);
+- tensors: ``to_numpy``, ``get_corner``, ``transpose``, ``is_square``, ``is_lower_triangular``,
+  ``check_structure``, ``remove_batch_dim``, ``get_cumsum_along_dim``, ``repeat_along_head_dimension``,
+  ``composition_scores``;
+- initialisation: ``calc_fan_in_and_fan_out``, ``init_xavier_uniform_`` / ``_normal_``,
+  ``init_kaiming_uniform_`` / ``_normal_``;
+- activations: ``gelu_new``, ``gelu_fast``, ``gelu_pytorch_tanh``, ``solu``, ``xielu``, ``XIELU``,
+  ``ACTIVATION_FN_DICT``;
+- tokens: ``get_offset_position_ids``, ``get_attention_mask``, ``get_input_with_manually_prepended_bos``,
+  ``get_tokens_with_bos_removed``;
+- prompts: ``test_prompt``, ``sample_logits``;
+- data (needs ``datasets``): ``tokenize_and_concatenate``, ``keep_single_column``, ``get_dataset``;
+- environment: ``get_device``, ``print_gpu_mem``, ``is_library_available``, ``select_compatible_kwargs``,
+  ``download_file_from_hf``, ``clear_huggingface_cache``, ``warn_if_mps``, ``CACHE_DIR``,
+  ``get_nested_attr``, ``set_nested_attr``, ``override_or_use_default_value``, ``USE_DEFAULT_VALUE``,
+  ``LocallyOverridenDefaults``;
+- lens only: ``keep_freed_memory``.
 
 >>> get_act_name("pattern", 3)
 'blocks.3.attn.hook_pattern'
->>> get_act_name("scale", 2, "ln1")
-'blocks.2.ln1.hook_scale'
->>> get_act_name("resid_post", 5)
-'blocks.5.hook_resid_post'
+>>> get_act_name("scale4ln1")
+'blocks.4.ln1.hook_scale'
+>>> Slice(-1).apply(torch.zeros(2, 5, 3), dim=-2).shape
+torch.Size([2, 3])
 """
 
 from __future__ import annotations
@@ -15,8 +36,63 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from lens.names import get_act_name
+from lens.utilities.activations import ACTIVATION_FN_DICT, XIELU, gelu_fast, gelu_new, gelu_pytorch_tanh, solu, xielu
+from lens.utilities.data import get_dataset, keep_single_column, tokenize_and_concatenate
+from lens.utilities.initialization import (
+    calc_fan_in_and_fan_out,
+    init_kaiming_normal_,
+    init_kaiming_uniform_,
+    init_xavier_normal_,
+    init_xavier_uniform_,
+)
+from lens.utilities.misc import (
+    CACHE_DIR,
+    USE_DEFAULT_VALUE,
+    LocallyOverridenDefaults,
+    clear_huggingface_cache,
+    download_file_from_hf,
+    get_device,
+    get_nested_attr,
+    is_library_available,
+    override_or_use_default_value,
+    print_gpu_mem,
+    select_compatible_kwargs,
+    set_nested_attr,
+    warn_if_mps,
+)
+from lens.utilities.prompts import lm_accuracy, sample_logits, test_prompt
+from lens.utilities.slicing import Slice, SliceInput
+from lens.utilities.tensors import (
+    check_structure,
+    composition_scores,
+    get_corner,
+    get_cumsum_along_dim,
+    is_lower_triangular,
+    is_square,
+    remove_batch_dim,
+    repeat_along_head_dimension,
+    to_numpy,
+    transpose,
+)
+from lens.utilities.tokens import (
+    get_attention_mask,
+    get_input_with_manually_prepended_bos,
+    get_offset_position_ids,
+    get_tokens_with_bos_removed,
+)
 
-__all__ = ["get_act_name", "keep_freed_memory", "lm_cross_entropy_loss"]
+__all__ = [
+    "ACTIVATION_FN_DICT", "CACHE_DIR", "USE_DEFAULT_VALUE", "XIELU", "LocallyOverridenDefaults", "Slice",
+    "SliceInput", "calc_fan_in_and_fan_out", "check_structure", "clear_huggingface_cache", "composition_scores",
+    "download_file_from_hf", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "get_act_name", "get_attention_mask",
+    "get_corner", "get_cumsum_along_dim", "get_dataset", "get_device", "get_input_with_manually_prepended_bos",
+    "get_nested_attr", "get_offset_position_ids", "get_tokens_with_bos_removed", "init_kaiming_normal_",
+    "init_kaiming_uniform_", "init_xavier_normal_", "init_xavier_uniform_", "is_library_available",
+    "is_lower_triangular", "is_square", "keep_freed_memory", "keep_single_column", "lm_accuracy",
+    "lm_cross_entropy_loss", "override_or_use_default_value", "print_gpu_mem", "remove_batch_dim",
+    "repeat_along_head_dimension", "sample_logits", "select_compatible_kwargs", "set_nested_attr", "solu",
+    "test_prompt", "to_numpy", "tokenize_and_concatenate", "transpose", "warn_if_mps", "xielu",
+]  # fmt: skip
 
 
 def lm_cross_entropy_loss(
@@ -40,9 +116,7 @@ def lm_cross_entropy_loss(
             f"{tuple(tokens.shape)}"
         )
     if logits.shape[1] < 2:
-        raise ValueError(
-            f"the loss needs at least 2 positions (position i predicts token i+1), got {logits.shape[1]}"
-        )
+        raise ValueError(f"the loss needs at least 2 positions (position i predicts token i+1), got {logits.shape[1]}")
     log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
     targets = tokens[:, 1:].to(log_probs.device)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

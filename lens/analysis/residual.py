@@ -25,8 +25,10 @@ term. Hence, for a full decomposition (no ``fold_ln`` needed):
 where :meth:`logit_offset` is ``ln_final.b @ (W_U[:, tok] - W_U[:, inc]) + b_U[tok] - b_U[inc]``.
 Models without a norm skip the norm step; RMSNorm has no centring and no bias.
 
-Slices (``pos_slice``, ``batch_slice``, ``neuron_slice``): None (all), an int (that index, the
-dimension is dropped, as with TransformerLens's ``Slice``), a ``slice``, or a list/tensor of indices.
+Slices (``pos_slice``, ``batch_slice``, ``neuron_slice``) are TransformerLens's :class:`lens.utils.Slice`
+(or anything it takes): None (all), an int (that index; the dimension is dropped), a tuple
+(``slice(*tuple)``: ``(k,)`` is ``[:k]``, ``(a, b)`` is ``[a:b]``), a ``slice``, or a list / range /
+tensor / array of indices. Out-of-range ints and indices raise IndexError.
 
 >>> logits, cache = model.run_with_cache(tokens)
 >>> stack, labels = cache.decompose_resid(pos_slice=-1, return_labels=True)   # [comp, batch, d_model]
@@ -41,37 +43,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lens.utilities.slicing import Slice, SliceInput, apply_slice
+
 __all__ = ["ActivationCacheAnalysisMixin", "apply_slice"]
 
-SliceLike = int | slice | list | tuple | range | Tensor | None
-
-
-def apply_slice(t: Tensor, sl: SliceLike, dim: int) -> Tensor:
-    """Index ``t`` along ``dim``: None keeps all, an int selects (dropping the dim), else slice/indices.
-
-    >>> apply_slice(torch.zeros(2, 5, 3), -1, dim=-2).shape
-    torch.Size([2, 3])
-    """
-    if sl is None:
-        return t
-    if isinstance(sl, bool):
-        raise TypeError("a slice cannot be a bool")
-    if isinstance(sl, int):
-        size = t.shape[dim]
-        if not -size <= sl < size:
-            raise IndexError(f"index {sl} is out of range for a dimension of size {size}")
-        return t.select(dim, sl)
-    if isinstance(sl, slice):
-        index = [slice(None)] * t.ndim
-        index[dim] = sl
-        return t[tuple(index)]
-    if isinstance(sl, (list, tuple, range, Tensor)):
-        idx = torch.as_tensor(list(sl) if isinstance(sl, range) else sl, dtype=torch.long, device=t.device)
-        size = t.shape[dim]
-        if idx.numel() and (int(idx.min()) < -size or int(idx.max()) >= size):
-            raise IndexError(f"indices {idx.tolist()} are out of range for a dimension of size {size}")
-        return t.index_select(dim, idx % size)
-    raise TypeError(f"a slice must be None, an int, a slice or a list/tensor of ints, got {type(sl).__name__}")
+SliceLike = Slice | SliceInput  # what every pos_slice= / batch_slice= / neuron_slice= takes
 
 
 class ActivationCacheAnalysisMixin:
@@ -109,6 +85,7 @@ class ActivationCacheAnalysisMixin:
         return self[key]  # ActivationCache.__getitem__: clear errors for missing / uncached hooks
 
     def _resid_template(self, pos_slice: SliceLike) -> Tensor:
+        pos_slice = Slice(pos_slice)
         for key in ("hook_embed", "blocks.0.hook_resid_pre", f"blocks.{self._cfg.n_layers - 1}.hook_resid_post"):
             if key in self.cache_dict:
                 return apply_slice(self.cache_dict[key], pos_slice, -2)
@@ -322,7 +299,8 @@ class ActivationCacheAnalysisMixin:
         Shape ``[layer * n_heads, *batch_and_pos, d_model]``, labels ``"L{l}H{h}"`` (layer-major).
         Uses ``hook_result`` when cached, else ``hook_z @ W_O`` (GQA needs nothing special: z has
         n_heads). ``sum over the heads of layer l + b_O[l] == attn_out[l]``. ``incl_remainder`` adds
-        ``"remainder"`` = the residual entering ``layer`` minus all heads.
+        ``"remainder"`` = ``resid_post`` of layer ``layer - 1`` (TransformerLens's definition; ``resid_pre``
+        of layer 0 for ``layer=0``) minus the sum of the heads, so heads + remainder sum exactly to it.
 
         >>> heads, labels = cache.stack_head_results(layer=1, pos_slice=-1, return_labels=True)
         """
@@ -339,8 +317,8 @@ class ActivationCacheAnalysisMixin:
         return (stack, labels) if return_labels else stack
 
     def _with_remainder(self, stack: Tensor, layer: int, pos_slice: SliceLike) -> Tensor:
-        n = self._cfg.n_layers
-        target = self._get(("resid_post", n - 1)) if layer == n else self._get(("resid_pre", layer))
+        """Append ``resid_post[layer - 1]`` (``resid_pre[0]`` for layer 0) minus the stack's sum."""
+        target = self._get(("resid_post", layer - 1)) if layer > 0 else self._get(("resid_pre", 0))
         target = apply_slice(target, pos_slice, -2)
         remainder = target - stack.sum(0) if stack.shape[0] else target
         return torch.cat([stack, remainder[None]], dim=0)
@@ -351,14 +329,16 @@ class ActivationCacheAnalysisMixin:
     ) -> Float[Tensor, "*batch_and_pos neuron d_model"]:
         """Each neuron's write ``post[n] * W_out[n]`` in ``layer`` (not cached: cheap to recompute).
 
+        An int ``neuron_slice`` drops the neuron dimension (``[*batch_and_pos, d_model]``), as in
+        TransformerLens.
+
         >>> cache.get_neuron_results(0, neuron_slice=[3, 7], pos_slice=-1).shape   # [batch, 2, d_model]
         """
         if self._cfg.attn_only:
             raise ValueError("this model is attn_only: it has no neurons")
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self._cfg.n_layers:
             raise ValueError(f"layer={layer!r} must be an int in [0, n_layers={self._cfg.n_layers})")
-        if isinstance(neuron_slice, int) and not isinstance(neuron_slice, bool):
-            neuron_slice = [neuron_slice]  # keep the neuron dimension
+        neuron_slice = Slice(neuron_slice)
         post = apply_slice(self._get(("post", layer)), pos_slice, -2)
         w_out = self.model.blocks[layer].mlp.W_out  # [d_mlp, d_model]
         post = apply_slice(post, neuron_slice, -1)
@@ -378,7 +358,9 @@ class ActivationCacheAnalysisMixin:
         """Every neuron's write for the MLPs of layers ``< layer``: ``[layer * n_neurons, ..., d_model]``.
 
         Labels ``"L{l}N{n}"``. ``sum over layer l's neurons + b_out[l] == mlp_out[l]``. Memory grows
-        as ``d_mlp * d_model`` per position: use ``neuron_slice`` / ``pos_slice`` on large models.
+        as ``d_mlp * d_model`` per position: use ``neuron_slice`` / ``pos_slice`` on large models. An int
+        ``neuron_slice`` keeps that one neuron per layer (the component dimension is never dropped).
+        ``incl_remainder``: as in :meth:`stack_head_results`.
 
         >>> neurons = cache.stack_neuron_results(layer=1, pos_slice=-1)
         """
@@ -386,8 +368,7 @@ class ActivationCacheAnalysisMixin:
         if cfg.attn_only:
             raise ValueError("this model is attn_only: it has no neurons")
         layer = self._layer_arg(layer)
-        if isinstance(neuron_slice, int) and not isinstance(neuron_slice, bool):
-            neuron_slice = [neuron_slice]
+        neuron_slice = Slice.unwrap(neuron_slice)  # an int keeps the neuron dimension
         ids = apply_slice(torch.arange(cfg.d_mlp), neuron_slice, 0).tolist()
         comps = [self.get_neuron_results(i, neuron_slice, pos_slice) for i in range(layer)]
         labels = [f"L{i}N{n}" for i in range(layer) for n in ids]
