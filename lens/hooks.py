@@ -36,6 +36,7 @@ from torch import nn
 
 from lens.activation_pool import ActivationPool
 from lens.hook_cache import HookCache
+from lens.hook_management import HookManagementMixin
 from lens.names import unknown_hook_error
 
 HookFn = Callable[..., Any]
@@ -87,6 +88,20 @@ class _Handle:
         """True when this hook fires in the calling thread (global, or added by this thread)."""
         return self.owner is None or self.owner is _current_thread()
 
+    # TransformerLens's LensHandle names: ``handle.hook.remove()``, ``handle.is_permanent``, ``handle.context_level``
+    @property
+    def hook(self) -> _Handle:
+        """This handle (TransformerLens keeps a torch ``RemovableHandle`` here; ``.hook.remove()`` works on both)."""
+        return self
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.permanent
+
+    @property
+    def context_level(self) -> int | None:
+        return self.level
+
     def removable(self) -> bool:
         """True unless the hook belongs to a call still running in another thread."""
         return self.owner is None or self.owner is _current_thread() or not self.owner.is_alive()
@@ -117,6 +132,11 @@ class HookPoint(nn.Module):
     [2.0, 2.0]
     """
 
+    clone_for_edit = False
+    """Set by a component when the op producing this activation keeps it for its own backward (softmax,
+    sqrt, relu, fused attention). With gradients on and a hook that may edit, the hooks then receive a copy,
+    so an in-place edit (``x[:, 0] = 0``) takes effect and ``backward()`` still works, as in TransformerLens."""
+
     def __init__(self) -> None:
         super().__init__()
         self.name: str | None = None
@@ -142,6 +162,36 @@ class HookPoint(nn.Module):
         return any(h.live() for h in self._bwd) or any(
             h.live() and not getattr(h.fn, "read_only", False) for h in self._fwd
         )
+
+    @property
+    def fwd_hooks(self) -> list[_Handle]:
+        """The forward hooks that fire here in the calling thread, in order (TransformerLens's list of handles:
+        ``len(hp.fwd_hooks)``, ``for h in hp.fwd_hooks: h.hook.remove()``). A new list on each access."""
+        return [h for h in self._fwd if h.live()]
+
+    @property
+    def bwd_hooks(self) -> list[_Handle]:
+        """The backward hooks that fire here in the calling thread (see :attr:`fwd_hooks`)."""
+        return [h for h in self._bwd if h.live()]
+
+    def layer(self) -> int:
+        """The block index in this hook's name: 3 for ``blocks.3.attn.hook_q``, as TransformerLens.
+
+        ValueError for a hook outside the blocks (``hook_embed``, ``ln_final.hook_scale``) or without a name.
+
+        >>> model.hook_dict["blocks.1.mlp.hook_post"].layer()
+        1
+        """
+        parts = (self.name or "").split(".")
+        if self.name is None or len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(
+                f"hook {self.name!r} is not inside a block (names of the form 'blocks.<layer>.<...>' have a layer)"
+            )
+        return int(parts[1])
+
+    def add_perma_hook(self, fn: HookFn, dir: str = "fwd") -> _Handle:
+        """Attach a permanent hook: ``reset_hooks()`` keeps it, ``reset_hooks(including_permanent=True)`` removes it."""
+        return self.add_hook(fn, dir, is_permanent=True)
 
     def add_hook(
         self,
@@ -199,6 +249,8 @@ class HookPoint(nn.Module):
         return x
 
     def _run_fwd(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clone_for_edit and x.requires_grad and torch.is_grad_enabled() and self.may_edit:
+            x = x.clone()  # the producer saved x for backward; hooks edit a copy (see clone_for_edit)
         for h in tuple(self._fwd):
             if h.owner is not None and h.owner is not _current_thread():
                 continue  # another thread's call hook
@@ -239,13 +291,14 @@ def _call_bwd(fn: HookFn, point: HookPoint, grad: torch.Tensor) -> torch.Tensor 
     return out
 
 
-class HookedRootModule(nn.Module):
+class HookedRootModule(HookManagementMixin, nn.Module):
     """Base class that names hook points and manages hooks on them.
 
     Subclasses build their modules, then call :meth:`setup` once so each HookPoint learns its name.
     """
 
     hook_dict: dict[str, HookPoint]
+    mod_dict: dict[str, nn.Module]
     cache_class: type = HookCache
     """What ``run_with_cache`` returns: ``cache_class(dict, model, has_batch_dim=...)``."""
 
@@ -300,16 +353,9 @@ class HookedRootModule(nn.Module):
     ) -> list[_Handle]:
         """Attach ``hook`` to the named hook point (or to every point a filter selects); it fires in every
         thread (hooks of ``run_with_hooks`` / ``run_with_cache`` / ``hooks()`` fire only in their own)."""
-        return [hp.add_hook(hook, dir, is_permanent, level, prepend) for hp in self._resolve(name)]
-
-    def reset_hooks(self, including_permanent: bool = False, level: int | None = None) -> None:
-        """Remove all (non-permanent, unless asked) hooks from every hook point, except the hooks of a call
-        running in another thread (that call removes them itself)."""
-        for hp in self.hook_dict.values():
-            hp.remove_hooks("both", including_permanent=including_permanent, level=level)
-
-    def hook_points(self) -> list[HookPoint]:
-        return list(self.hook_dict.values())
+        return [
+            self.check_and_add_hook(hp, hp.name, hook, dir, is_permanent, level, prepend) for hp in self._resolve(name)
+        ]
 
     @contextmanager
     def hooks(
@@ -334,7 +380,9 @@ class HookedRootModule(nn.Module):
                 for spec in specs:
                     if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
                         raise TypeError(f"each hook must be a (name_or_filter, fn) pair, got {spec!r}")
-                    handles.extend(hp._attach(spec[1], dir, False, None, False, owner) for hp in self._resolve(spec[0]))
+                    for hp in self._resolve(spec[0]):
+                        self.check_hooks_to_add(hp, hp.name, spec[1], dir=dir)
+                        handles.append(hp._attach(spec[1], dir, False, None, False, owner))
             yield self
         finally:
             if reset_hooks_end:
