@@ -16,8 +16,14 @@ Importing this module needs ``transformer_lens``; test modules call ``pytest.imp
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import tokenizers
 import torch
 import transformer_lens as tl
 from transformer_lens.pretrained.weight_conversions import (
@@ -29,6 +35,7 @@ from transformer_lens.pretrained.weight_conversions import (
 
 import lens
 from lens.loading import from_hf_model
+from lens.tokenizer import Tokenizer
 from tests.tiny import build_hf
 
 TL_VERSION: str = getattr(tl, "__version__", None) or __import__("importlib.metadata").metadata.version(
@@ -44,6 +51,49 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "neox": ("GPTNeoXForCausalLM", dict(SHAPE, rotary_pct=0.5, max_position_embeddings=64)),
     "gemma": ("GemmaForCausalLM", dict(SHAPE, num_key_value_heads=1, head_dim=16, max_position_embeddings=64)),
 }
+
+
+# A 96-token word-level vocabulary (the tiny models' size); the last id is GPT-2's "<|endoftext|>" (bos = eos = pad),
+# as in GPT-2 (TransformerLens 2.18's generate builds its attention mask from zeros, so pad must not be id 0).
+WORDS = (
+    "the a an and or of to in on at for with from by is was are were be been it its he she "
+    "they we you i his her their this that these those when then there here what who which where why how not "
+    "no yes John Mary Tom Anna store park school house drink book ball gift went gave got took made said saw "
+    "go give take make say see one two three four five cat dog bird red blue green big "
+    "small new old good bad , . ! ? <unk> <|endoftext|>"
+).split()
+assert len(WORDS) == 96 and len(set(WORDS)) == 96, (len(WORDS), len(set(WORDS)))
+_TMP = Path(tempfile.mkdtemp(prefix="lens-tl-oracle-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+
+
+@functools.cache
+def tokenizer_dir() -> Path:
+    """A saved ``transformers`` fast tokenizer (word level, spaces kept as a "▁" prefix), built offline."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {(w if w.startswith("<") else "▁" + w): i for i, w in enumerate(WORDS)}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.add_special_tokens(["<|endoftext|>"])
+    special = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special)
+    directory = _TMP / "tokenizer"
+    fast.save_pretrained(directory)
+    return directory
+
+
+def hf_tokenizer():
+    """The shared tokenizer as ``transformers`` loads it (what a TransformerLens model is given)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir())
+
+
+def lens_tokenizer() -> Tokenizer:
+    """The same tokenizer as lens loads it from the saved directory."""
+    return Tokenizer.from_directory(tokenizer_dir())
 
 
 def _common(hf, **fields: Any) -> dict[str, Any]:
@@ -114,7 +164,7 @@ def tl_config(family: str, hf_model) -> tl.HookedTransformerConfig:
 def tl_from_hf(family: str, hf_model, **processing: bool) -> tl.HookedTransformer:
     """``hf_model`` converted by TransformerLens's own code; processing flags default to off."""
     cfg = tl_config(family, hf_model)
-    model = tl.HookedTransformer(cfg, move_to_device=False)
+    model = tl.HookedTransformer(cfg, tokenizer=hf_tokenizer(), move_to_device=False)
     flags = {name: processing.pop(name, False) for name in PROCESSING_FLAGS}
     flags["refactor_factored_attn_matrices"] = processing.pop("refactor_factored_attn_matrices", False)
     if processing:
@@ -127,7 +177,7 @@ def tl_from_hf(family: str, hf_model, **processing: bool) -> tl.HookedTransforme
 
 def lens_from_hf(hf_model, **processing: bool) -> lens.HookedTransformer:
     """``hf_model`` converted by lens; the same processing flags applied by lens's own code."""
-    model = from_hf_model(hf_model, model_class=lens.HookedTransformer).eval()
+    model = from_hf_model(hf_model, model_class=lens.HookedTransformer, tokenizer=lens_tokenizer()).eval()
     if any(processing.values()):
         model.process_weights(**processing)
     return model
@@ -142,7 +192,7 @@ def hf_for(family: str, seed: int = 0, **hf_overrides: Any):
 def tl_and_lens(
     family: str = "gpt2", seed: int = 0, processing: dict[str, bool] | None = None, **hf_overrides: Any
 ) -> tuple[tl.HookedTransformer, lens.HookedTransformer]:
-    """(TransformerLens model, lens model) with the same weights; ``family`` in :data:`FAMILIES`.
+    """(TransformerLens model, lens model) with the same weights and tokenizer; ``family`` in :data:`FAMILIES`.
 
     ``processing``: the same flags for both (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
     ``fold_value_biases``); off by default. ``hf_overrides``: HF config kwargs (``n_layer=3``, ...).
