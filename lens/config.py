@@ -67,6 +67,14 @@ class TransformerConfig:
     ``n_key_value_heads`` to ``n_heads`` (plain multi-head attention), ``rotary_dim`` to ``d_head``.
     Inconsistent values raise ``ValueError`` at construction.
 
+    Hook flags (TransformerLens's names; the model's ``set_use_*`` methods toggle them after construction):
+    ``use_attn_result`` (``attn.hook_result``), ``use_split_qkv_input`` (``hook_q/k/v_input``),
+    ``use_hook_mlp_in`` (``hook_mlp_in``), ``use_attn_in`` (``hook_attn_in``), ``use_hook_tokens``
+    (``hook_tokens`` on the input ids); ``ungroup_grouped_query_attention``: under grouped-query attention
+    ``hook_k``/``hook_v``/``hook_rot_k`` show one key/value head per query head (same numbers).
+    ``act_fn="solu_ln"``: SoLU ``x * softmax(x)`` (``mlp.hook_mid``) followed by a LayerNorm over ``d_mlp``
+    (``mlp.ln``; with its weight and bias when ``normalization="LN"``, centre-and-scale only otherwise).
+
     ``n_ctx`` is the context lens accepts; ``n_ctx_trained`` the maximum the weights were trained for
     (``context_size_override`` may raise ``n_ctx`` up to it). Nothing is allocated per position, so a
     large ``n_ctx`` costs no memory until it is used.
@@ -111,6 +119,8 @@ class TransformerConfig:
     use_split_qkv_input: bool = False
     use_hook_mlp_in: bool = False
     use_attn_in: bool = False
+    use_hook_tokens: bool = False
+    ungroup_grouped_query_attention: bool = False
     default_prepend_bos: bool = True
     default_padding_side: str = "right"
     tokenizer_name: str | None = None
@@ -141,6 +151,8 @@ class TransformerConfig:
             _check_positive_int("d_mlp", self.d_mlp)
         if self.act_fn not in ACTIVATIONS:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; choose one of {ACTIVATIONS}")
+        if self.act_fn == "solu_ln" and self.gated_mlp:
+            raise ValueError("act_fn='solu_ln' (SoLU with its LayerNorm) needs a plain MLP, but gated_mlp=True")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={self.normalization!r} must be one of {NORMALIZATIONS}")
         if self.positional not in POSITIONALS:

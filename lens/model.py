@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from lens import generation
 from lens.analysis.cache import ActivationCache
 from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
+from lens.components.hook_flags import HookFlagsMixin
 from lens.config import TransformerConfig
 from lens.generation import GenerationConfig
 from lens.hooks import HookedRootModule, HookPoint
@@ -37,7 +38,7 @@ from lens.weights import WeightsMixin
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
+class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, WeightsMixin):
     """A hooked decoder-only transformer described by a :class:`TransformerConfig`.
 
     Args:
@@ -79,7 +80,7 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
             self.unembed.weight = self.embed.weight
         if init:
             self.init_weights(seed)
-        self.setup()
+        self.sync_hooks()  # optional hook points (hook_tokens, set_use_* flags), then setup() names them all
 
     # -- weights ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -309,6 +310,38 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
             resid = resid + self.hook_pos_embed(self.pos_embed(ctx.positions))
         return resid
 
+    def input_to_embed(
+        self,
+        input: str | list[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        past_kv_cache: Any = None,
+    ) -> tuple[
+        Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], None, Int[Tensor, "batch k"] | None
+    ]:
+        """The residual stream entering block 0, as TransformerLens: ``(residual, tokens, None, attention_mask)``.
+
+        The forward's own first steps (input checks, :meth:`make_context`, ``hook_tokens``, :meth:`embed_tokens`),
+        so ``model(residual, start_at_layer=0, tokens=tokens, attention_mask=attention_mask)`` equals
+        ``model(input)``. ``tokens`` are the ids after ``hook_tokens``; the third item (TransformerLens's
+        shortformer position embedding) is always None. ``attention_mask`` is the padding mask in use: the one
+        given, the tokenizer's for padded string batches, None when no position is padding; with
+        ``past_kv_cache`` it covers the cached positions too (``[batch, cached + pos]``), and the cache is
+        prepared for these positions as a forward would (it advances only when blocks run with it).
+
+        >>> resid, tokens, _, mask = model.input_to_embed("Hello world")
+        >>> logits = model(resid, start_at_layer=0, tokens=tokens)
+        """
+        tokens, attention_mask = self._prepare_input(input, attention_mask, prepend_bos, padding_side)
+        batch, length = tokens.shape
+        attention_mask = self.check_attention_mask(attention_mask, batch, length)
+        ctx = self.make_context(batch, length, attention_mask, past_kv_cache)
+        tokens = self.hook_tokens(tokens) if self.cfg.use_hook_tokens else tokens
+        if past_kv_cache is not None:
+            attention_mask = ctx.key_valid
+        return self.embed_tokens(tokens, ctx), tokens, None, attention_mask
+
     def forward(
         self,
         input: Int[Tensor, "batch pos"] | str | list[str] | Float[Tensor, "batch pos d_model"],
@@ -380,7 +413,11 @@ class HookedTransformer(HookedRootModule, TokenizerMixin, WeightsMixin):
             )
 
         ctx = self.make_context(batch, length, attention_mask, past_kv_cache)
-        resid = self.embed_tokens(tokens, ctx) if start_at_layer is None else input
+        if start_at_layer is None:
+            tokens = self.hook_tokens(tokens) if self.cfg.use_hook_tokens else tokens
+            resid = self.embed_tokens(tokens, ctx)
+        else:
+            resid = input
         resid = self._run_blocks(resid, ctx, start, stop, past_kv_cache)
         if stop_at_layer is not None:
             return resid

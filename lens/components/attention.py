@@ -5,6 +5,8 @@ Hooks (TransformerLens names and shapes):
     hook_rot_q / hook_rot_k (after rotary), hook_attn_scores and hook_pattern
     ``[batch, head, query_pos, key_pos]`` (scores are masked with -inf before the hook),
     hook_z ``[batch, pos, head, d_head]``, hook_result ``[batch, pos, head, d_model]`` (use_attn_result).
+    With ``cfg.ungroup_grouped_query_attention`` hook_k / hook_v / hook_rot_k have ``head`` heads (each
+    key/value head repeated for the query heads of its group, as TransformerLens); the numbers are the same.
 
 Two paths give the same numbers: when neither ``hook_attn_scores`` nor ``hook_pattern`` is hooked
 (or cached), attention runs through ``torch.nn.functional.scaled_dot_product_attention`` and never
@@ -60,8 +62,22 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
-        if cfg.use_attn_result:
+        # In-place edits under autograd: q/k/v are views of one split (a multi-output view torch refuses to
+        # edit in place), softmax keeps the pattern and fused attention keeps z for their backward. Hooks that
+        # may edit get a copy then (only with gradients on); the hook-free path is unchanged.
+        for point in (self.hook_q, self.hook_k, self.hook_v, self.hook_pattern, self.hook_z):
+            point.clone_for_edit = True
+        self.sync_hooks()
+
+    def sync_hooks(self) -> None:
+        """Create or remove the optional hook points ``cfg`` asks for (``hook_result``: ``use_attn_result``).
+
+        Called at construction and by the model's ``set_use_attn_result``; the model re-runs ``setup()``.
+        """
+        if self.cfg.use_attn_result and not hasattr(self, "hook_result"):
             self.hook_result = HookPoint()
+        elif not self.cfg.use_attn_result and hasattr(self, "hook_result"):
+            del self.hook_result
 
     # -- TransformerLens-shaped weight views ------------------------------------------------------
     def _split(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,8 +138,12 @@ class Attention(nn.Module):
         b = None if self.qkv_bias is None else self._split(self.qkv_bias)[i]
         if x.ndim == 3:
             return linear(x, w, b).unflatten(-1, (n, self.cfg.d_head))
-        out = torch.einsum("bpnd,nkd->bpnk", x, w.view(n, self.cfg.d_head, self.cfg.d_model))
-        return out if b is None else out + b.view(n, self.cfg.d_head)
+        w, b = w.view(n, self.cfg.d_head, self.cfg.d_model), None if b is None else b.view(n, self.cfg.d_head)
+        if x.shape[2] != n:  # ungrouped: one input per query head, each read by its group's key/value weights
+            rep = x.shape[2] // n
+            w, b = w.repeat_interleave(rep, 0), None if b is None else b.repeat_interleave(rep, 0)
+        out = torch.einsum("bpnd,nkd->bpnk", x, w)
+        return out if b is None else out + b
 
     def forward(
         self,
@@ -144,6 +164,8 @@ class Attention(nn.Module):
             q = self._project(query_input, 0, h)
             k = self._project(key_input, 1, kv)
             v = self._project(value_input, 2, kv)
+        if cfg.ungroup_grouped_query_attention and k.shape[2] != h:  # one key/value head per query head
+            k, v = k.repeat_interleave(h // k.shape[2], dim=2), v.repeat_interleave(h // v.shape[2], dim=2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if cfg.positional == "rotary":
             q = self.hook_rot_q(apply_rotary(q, ctx.cos, ctx.sin))
@@ -174,7 +196,7 @@ class Attention(nn.Module):
     def _fused_attention(
         self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int, key_pos: Tensor | None = None
     ) -> Tensor:
-        gqa = self.n_rep > 1
+        gqa = kh.shape[1] != qh.shape[1]
         if ctx.is_plain_causal(k_len, self.window):
             return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=self.scale, enable_gqa=gqa)
         if ctx.is_unmasked(k_len, self.window):  # a cached decode step that sees every key
@@ -190,7 +212,7 @@ class Attention(nn.Module):
         Exact (every query's softmax runs over the same keys as with the full mask) while never building a
         ``query x key`` mask: memory is O(chunk x (chunk + window)) and compute O(pos x (chunk + window)).
         """
-        gqa, window, chunk = self.n_rep > 1, self.window, self.window_chunk
+        gqa, window, chunk = kh.shape[1] != qh.shape[1], self.window, self.window_chunk
         k0 = ctx.q_offset + ctx.q_len - k_len  # sequence index of the first key
         outs = []
         for s in range(0, ctx.q_len, chunk):
@@ -205,7 +227,7 @@ class Attention(nn.Module):
         return torch.cat(outs, dim=2)
 
     def _explicit_attention(self, qh: Tensor, kh: Tensor, vh: Tensor, ctx: AttentionContext, k_len: int) -> Tensor:
-        if self.n_rep > 1:
+        if kh.shape[1] != qh.shape[1]:  # grouped keys/values (not ungrouped by cfg)
             kh = kh.repeat_interleave(self.n_rep, dim=1)
             vh = vh.repeat_interleave(self.n_rep, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)).mul_(self.scale)

@@ -4,11 +4,13 @@ Hooks: ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid`` (sequential blo
 ``hook_mlp_out``, ``hook_resid_post``, all ``[batch, pos, d_model]``; behind config flags as in
 TransformerLens: ``hook_attn_in`` ``[batch, pos, head, d_model]`` (use_attn_in),
 ``hook_q_input``/``hook_k_input``/``hook_v_input`` (use_split_qkv_input; k/v have n_key_value_heads),
-``hook_mlp_in`` (use_hook_mlp_in). With ``parallel_attn_mlp`` (GPT-NeoX) attention and MLP both read
+``hook_mlp_in`` (use_hook_mlp_in); :meth:`TransformerBlock.sync_hooks` creates and removes these when a
+flag changes after construction. With ``parallel_attn_mlp`` (GPT-NeoX) attention and MLP both read
 ``resid_pre`` and there is no ``resid_mid``.
 
 Under grouped-query attention with per-head inputs, key/value head ``g`` reads the input of query
-head ``g * n_heads // n_key_value_heads`` (the first head of its group).
+head ``g * n_heads // n_key_value_heads`` (the first head of its group); with
+``ungroup_grouped_query_attention`` there are ``n_heads`` key/value inputs, one per query head.
 """
 
 from __future__ import annotations
@@ -35,20 +37,35 @@ class TransformerBlock(nn.Module):
             self.ln2 = make_norm(cfg)
             self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()
-        if cfg.use_attn_in:
-            self.hook_attn_in = HookPoint()
-        if cfg.use_split_qkv_input:
-            self.hook_q_input = HookPoint()
-            self.hook_k_input = HookPoint()
-            self.hook_v_input = HookPoint()
         self.hook_attn_out = HookPoint()
         if self.has_mlp:
-            if cfg.use_hook_mlp_in:
-                self.hook_mlp_in = HookPoint()
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        self.sync_hooks()
+
+    def sync_hooks(self) -> None:
+        """Create or remove the optional hook points the config flags ask for (here and in ``attn``).
+
+        ``use_attn_in`` -> ``hook_attn_in``; ``use_split_qkv_input`` -> ``hook_q/k/v_input``;
+        ``use_hook_mlp_in`` (with an MLP) -> ``hook_mlp_in``; ``use_attn_result`` -> ``attn.hook_result``.
+        Called at construction and by the model's ``set_use_*`` methods (which then re-run ``setup()``).
+        """
+        cfg = self.cfg
+        wanted = {
+            "hook_attn_in": cfg.use_attn_in,
+            "hook_q_input": cfg.use_split_qkv_input,
+            "hook_k_input": cfg.use_split_qkv_input,
+            "hook_v_input": cfg.use_split_qkv_input,
+            "hook_mlp_in": cfg.use_hook_mlp_in and self.has_mlp,
+        }
+        for name, on in wanted.items():
+            if on and name not in self._modules:
+                setattr(self, name, HookPoint())
+            elif not on and name in self._modules:
+                delattr(self, name)
+        self.attn.sync_hooks()
 
     def _ln1(self, x: Tensor) -> Tensor:
         return x if self.ln1 is None else self.ln1(x)
@@ -59,6 +76,8 @@ class TransformerBlock(nn.Module):
     def _attention(self, resid_pre: Tensor, ctx: AttentionContext) -> Tensor:
         cfg = self.cfg
         h, kv = cfg.n_heads, cfg.n_key_value_heads
+        if cfg.ungroup_grouped_query_attention:  # one key/value input per query head (TransformerLens)
+            kv = h
         if cfg.use_split_qkv_input:
             per_head = resid_pre.unsqueeze(2)
             q_in = self.hook_q_input(per_head.expand(-1, -1, h, -1).clone())

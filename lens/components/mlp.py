@@ -2,7 +2,10 @@
 
 Hooks: ``hook_pre`` (input of the activation function; for gated MLPs the gate branch),
 ``hook_pre_linear`` (gated only: the linear branch), ``hook_post`` (what ``W_out`` reads), all
-``[batch, pos, d_mlp]``. TransformerLens-shaped views: ``W_in``/``W_gate`` ``[d_model, d_mlp]``,
+``[batch, pos, d_mlp]``. With ``act_fn="solu_ln"`` (TransformerLens's SoLU): ``hook_mid`` is
+``x * softmax(x)`` of ``hook_pre``, then ``ln`` (a LayerNorm over ``d_mlp`` with its own ``ln.hook_scale``
+and ``ln.hook_normalized``; weight and bias only when ``cfg.normalization == "LN"``) gives ``hook_post``.
+TransformerLens-shaped views: ``W_in``/``W_gate`` ``[d_model, d_mlp]``,
 ``W_out`` ``[d_mlp, d_model]``, ``b_in``, ``b_out``.
 
 >>> mlp(torch.randn(1, 3, 64)).shape
@@ -17,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lens.components.linear import input_major, linear
+from lens.components.norm import LayerNorm
 from lens.config import TransformerConfig
 from lens.hooks import HookPoint
 
@@ -33,6 +37,8 @@ def activation(name: str):
         return F.relu
     if name == "quick_gelu":
         return lambda x: x * torch.sigmoid(1.702 * x)
+    if name == "solu_ln":  # SoLU; its LayerNorm is the MLP's ``ln``
+        return lambda x: x * torch.softmax(x, dim=-1)
     raise ValueError(f"unsupported activation {name!r}")
 
 
@@ -52,7 +58,13 @@ class MLP(nn.Module):
         self.hook_pre = HookPoint()
         if cfg.gated_mlp:
             self.hook_pre_linear = HookPoint()
+        self.ln = None
+        if cfg.act_fn == "solu_ln":
+            self.hook_mid = HookPoint()
+            affine = cfg.normalization == "LN"
+            self.ln = LayerNorm(cfg.d_mlp, cfg.eps, cfg.norm_bias, cfg.dtype, cfg.device, affine=affine)
         self.hook_post = HookPoint()
+        self.hook_post.clone_for_edit = cfg.act_fn == "relu" and not cfg.gated_mlp  # relu keeps its output
 
     def _zeros(self, n: int) -> Tensor:
         return torch.zeros(n, dtype=self.in_weight.dtype, device=self.in_weight.device)
@@ -82,6 +94,9 @@ class MLP(nn.Module):
             pre = self.hook_pre(linear(x, self.gate_weight, self.gate_bias))
             pre_linear = self.hook_pre_linear(linear(x, self.in_weight, self.in_bias))
             post = self.hook_post(self.act(pre) * pre_linear)
+        elif self.ln is not None:
+            pre = self.hook_pre(linear(x, self.in_weight, self.in_bias))
+            post = self.hook_post(self.ln(self.hook_mid(self.act(pre))))
         else:
             pre = self.hook_pre(linear(x, self.in_weight, self.in_bias))
             post = self.hook_post(self.act(pre))

@@ -20,16 +20,20 @@ from lens.hooks import HookPoint
 
 
 class LayerNorm(nn.Module):
-    """``(x - mean) / scale * w + b`` over the last dimension."""
+    """``(x - mean) / scale * w + b`` over the last dimension.
+
+    ``affine=False``: no weight and no bias, ``(x - mean) / scale`` (TransformerLens's ``LayerNormPre``).
+    """
 
     centered = True  # subtracts the mean before scaling (analysis reads this to replay the norm)
 
-    def __init__(self, d: int, eps: float, bias: bool = True, dtype=torch.float32, device=None):
+    def __init__(self, d: int, eps: float, bias: bool = True, dtype=torch.float32, device=None, affine: bool = True):
         super().__init__()
         self.d, self.eps = d, eps
-        self.w = nn.Parameter(torch.ones(d, dtype=dtype, device=device))
-        self.b = nn.Parameter(torch.zeros(d, dtype=dtype, device=device)) if bias else None
+        self.w = nn.Parameter(torch.ones(d, dtype=dtype, device=device)) if affine else None
+        self.b = nn.Parameter(torch.zeros(d, dtype=dtype, device=device)) if bias and affine else None
         self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_scale.clone_for_edit = True  # sqrt keeps its output for backward
         self.hook_normalized = HookPoint()  # [..., d]
 
     def normalized(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
@@ -53,7 +57,9 @@ class LayerNorm(nn.Module):
             x = x.float()
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        out = (x / scale).to(dtype) * self.w
+        out = (x / scale).to(dtype)
+        if self.w is not None:
+            out = out * self.w
         if self.b is not None:
             out = out + self.b
         return self.hook_normalized(out)
@@ -69,6 +75,7 @@ class RMSNorm(nn.Module):
         self.d, self.eps = d, eps
         self.w = nn.Parameter(torch.ones(d, dtype=dtype, device=device))
         self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_scale.clone_for_edit = True  # sqrt keeps its output for backward
         self.hook_normalized = HookPoint()  # [..., d]
 
     def normalized(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:

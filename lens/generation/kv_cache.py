@@ -128,7 +128,8 @@ class KVCache:
         self.kv_cache_dtype = kv_cache_dtype
         self.offset = 0
         self.key_positions: dict[int, Int[Tensor, " k"]] | None = None
-        shape_kv = (batch, cfg.n_key_value_heads)
+        # ungrouped GQA (cfg.ungroup_grouped_query_attention) attends with one key/value head per query head
+        shape_kv = (batch, cfg.n_heads if cfg.ungroup_grouped_query_attention else cfg.n_key_value_heads)
         self.layers: list[_LayerStore] = []
         self._windows: set[int] = set()
         for i in range(cfg.n_layers):
