@@ -8,9 +8,10 @@ memory per head and throws away the knowledge that the rank is at most
 on them (products stay factored, through the smaller inner dimension), and
 computes SVD, eigenvalues and norms from the factors alone.
 
-The semantics and names follow TransformerLens's ``FactoredMatrix``, with one
-deliberate difference: ``Vh`` here is the true conjugate transpose of ``V``, so
-``U @ torch.diag_embed(S) @ Vh == AB`` (TransformerLens returns ``V``).
+The semantics and names follow TransformerLens's ``FactoredMatrix``: ``svd()``
+returns ``(U, S, V)`` with ``U @ torch.diag_embed(S) @ V.mT == AB`` (``V`` is
+``[..., rdim, k]``, not its transpose), and ``.Vh`` is TransformerLens's name for
+that same ``V``; ``eigenvalues`` are those of ``B @ A`` (``mdim`` of them).
 
 Example::
 
@@ -38,6 +39,12 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     if dtype in _LOW_PRECISION or not (dtype.is_floating_point or dtype.is_complex):
         return torch.float32
     return dtype
+
+
+def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype decompositions return: the factors' (promoted) float dtype, float32 for integers."""
+    dtype = torch.promote_types(tensors[0].dtype, tensors[-1].dtype)
+    return dtype if dtype.is_floating_point or dtype.is_complex else torch.float32
 
 
 def _int_to_slice(i):
@@ -180,26 +187,30 @@ class FactoredMatrix:
     ) -> tuple[
         Float[torch.Tensor, "... ldim k"],
         Float[torch.Tensor, "... k"],
-        Float[torch.Tensor, "... k rdim"],
+        Float[torch.Tensor, "... rdim k"],
     ]:
-        """Thin SVD of ``AB`` from the factors, with ``k = min(ldim, mdim, rdim)``.
+        """Thin SVD of ``AB`` from the factors: ``(U, S, V)`` with ``AB == U @ diag(S) @ V.mT``.
 
-        QR-factor ``A = Qa Ra`` and ``B.T = Qb Rb``, so ``AB = Qa (Ra Rb.T) Qb.T``;
-        only the small core ``Ra Rb.T`` (at most ``mdim x mdim``) is decomposed.
-        Half/bfloat16 inputs are computed (and returned) in float32. Cached.
+        As in TransformerLens, the third element is ``V`` (``[..., rdim, k]``, columns are right
+        singular vectors), not ``Vh``; ``k = min(ldim, mdim, rdim)``. Why factored: QR-factor
+        ``A = Qa Ra`` and ``B.T = Qb Rb``, so ``AB = Qa (Ra Rb.T) Qb.T`` and only the small core
+        (at most ``mdim x mdim``) is decomposed. Half/bfloat16 inputs are decomposed in float32
+        (torch.linalg has no 16-bit SVD) and returned in their own dtype. Singular vectors are
+        unique only up to sign. Cached.
 
         Example::
 
-            >>> U, S, Vh = fm.svd()
-            >>> torch.allclose(U @ torch.diag_embed(S) @ Vh, fm.AB, atol=1e-5)
+            >>> U, S, V = fm.svd()
+            >>> torch.allclose(U @ torch.diag_embed(S) @ V.mT, fm.AB, atol=1e-5)
             True
         """
         if self._svd_cache is None:
-            dtype = _compute_dtype(self.A, self.B)
+            dtype, out = _compute_dtype(self.A, self.B), _result_dtype(self.A, self.B)
             Qa, Ra = torch.linalg.qr(self.A.to(dtype))
             Qb, Rb = torch.linalg.qr(self.B.to(dtype).mT)
             Uc, S, Vhc = torch.linalg.svd(Ra @ Rb.mT, full_matrices=False)
-            self._svd_cache = (Qa @ Uc, S, Vhc @ Qb.mT)
+            U, V = Qa @ Uc, Qb @ Vhc.mT
+            self._svd_cache = (U.to(out), S.to(out.to_real() if out.is_complex else out), V.to(out))
         return self._svd_cache
 
     @property
@@ -213,17 +224,26 @@ class FactoredMatrix:
         return self.svd()[1]
 
     @property
-    def Vh(self) -> Float[torch.Tensor, "... k rdim"]:
-        """Right singular vectors of ``AB`` (rows), so ``AB == U @ diag(S) @ Vh``."""
+    def V(self) -> Float[torch.Tensor, "... rdim k"]:
+        """Right singular vectors of ``AB`` (columns), so ``AB == U @ diag(S) @ V.mT``."""
         return self.svd()[2]
 
     @property
-    def eigenvalues(self) -> Complex[torch.Tensor, "... k"]:
-        """Eigenvalues of ``AB`` (square only), from the smaller of ``BA`` / ``AB``.
+    def Vh(self) -> Float[torch.Tensor, "... rdim k"]:
+        """TransformerLens's name for :attr:`V` (it is ``V``, ``[..., rdim, k]``, not its transpose).
 
-        ``AB`` and ``BA`` share their nonzero eigenvalues, so this returns the
-        ``min(mdim, ldim)`` eigenvalues that contain all nonzero ones; the rest of
-        ``AB``'s spectrum is zero. Complex dtype (complex64 for low-precision inputs).
+        Kept so TransformerLens code such as ``U @ diag(S) @ fm.Vh.T`` gives the same numbers.
+        """
+        return self.svd()[2]
+
+    @property
+    def eigenvalues(self) -> Complex[torch.Tensor, "... mdim"]:
+        """Eigenvalues of ``B @ A`` (square ``AB`` only), as TransformerLens.
+
+        ``AB`` and ``BA`` share their nonzero eigenvalues (if ``BAv = kv`` then ``AB(Av) = k Av``),
+        so the ``mdim`` eigenvalues of the small ``BA`` hold all of ``AB``'s nonzero ones; when
+        ``mdim > ldim`` the extra ones are zero. Complex dtype (complex64 for 16-bit inputs, which
+        are computed in float32).
 
         Example::
 
@@ -231,31 +251,30 @@ class FactoredMatrix:
             torch.Size([64])
         """
         if self.ldim != self.rdim:
-            raise ValueError(f"eigenvalues need a square FactoredMatrix, got shape {tuple(self.shape)}")
+            raise ValueError(f"eigenvalues need a square FactoredMatrix (ldim == rdim), got shape {tuple(self.shape)}")
         dtype = _compute_dtype(self.A, self.B)
-        A, B = self.A.to(dtype), self.B.to(dtype)
-        return torch.linalg.eigvals(B @ A if self.mdim <= self.ldim else A @ B)
+        return torch.linalg.eigvals(self.B.to(dtype) @ self.A.to(dtype))
 
     def norm(self) -> Float[torch.Tensor, "..."]:
         """Frobenius norm of ``AB`` (per leading index), as ``sqrt(sum(S**2))``."""
         return self.S.pow(2).sum(-1).sqrt()
 
     def collapse_l(self) -> Float[torch.Tensor, "... k rdim"]:
-        """Drop the orthogonal left factor: returns ``diag(S) @ Vh`` with ``AB == U @ collapse_l()``."""
-        return self.S[..., :, None] * self.Vh
+        """Drop the orthogonal left factor: returns ``diag(S) @ V.mT`` with ``AB == U @ collapse_l()``."""
+        return self.S[..., :, None] * self.V.mT
 
     def collapse_r(self) -> Float[torch.Tensor, "... ldim k"]:
-        """Drop the orthogonal right factor: returns ``U @ diag(S)`` with ``AB == collapse_r() @ Vh``."""
+        """Drop the orthogonal right factor: returns ``U @ diag(S)`` with ``AB == collapse_r() @ V.mT``."""
         return self.U * self.S[..., None, :]
 
     def make_even(self) -> FactoredMatrix:
-        """An equivalent, balanced factorisation ``(U sqrt(S), sqrt(S) Vh)``.
+        """An equivalent, balanced factorisation ``(U sqrt(S), sqrt(S) V.mT)``.
 
         Each half carries half the singular value mass and has orthogonal
         columns/rows, which makes the factors comparable between heads.
         """
         sqrt_s = self.S.sqrt()
-        return FactoredMatrix(self.U * sqrt_s[..., None, :], sqrt_s[..., :, None] * self.Vh)
+        return FactoredMatrix(self.U * sqrt_s[..., None, :], sqrt_s[..., :, None] * self.V.mT)
 
     # ----------------------------------------------------------------- indexing
     def get_corner(self, k: int = 3) -> torch.Tensor:
