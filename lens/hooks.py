@@ -251,9 +251,13 @@ class HookPoint(nn.Module):
     def _run_fwd(self, x: torch.Tensor) -> torch.Tensor:
         if self.clone_for_edit and x.requires_grad and torch.is_grad_enabled() and self.may_edit:
             x = x.clone()  # the producer saved x for backward; hooks edit a copy (see clone_for_edit)
+        me = None
         for h in tuple(self._fwd):
-            if h.owner is not None and h.owner is not _current_thread():
-                continue  # another thread's call hook
+            if h.owner is not None:
+                if me is None:
+                    me = _current_thread()
+                if h.owner is not me:
+                    continue  # another thread's call hook
             out = h.fn(x, hook=self)
             if out is not None:
                 if not isinstance(out, torch.Tensor):
