@@ -292,6 +292,11 @@ def _call_bwd(fn: HookFn, point: HookPoint, grad: torch.Tensor) -> torch.Tensor 
         raise ValueError(
             f"backward hook on {point.name} returned shape {tuple(out.shape)}, expected {tuple(grad.shape)}"
         )
+    if out is not None and (out.dtype != grad.dtype or out.device != grad.device):
+        raise ValueError(
+            f"backward hook {_fn_name(fn)} on {point.name} returned a gradient of dtype {out.dtype} on {out.device}, "
+            f"expected {grad.dtype} on {grad.device}"
+        )
     return out
 
 

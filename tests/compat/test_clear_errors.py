@@ -56,6 +56,13 @@ def test_hook_returning_another_device_names_hook_expected_and_got(model, tokens
     assert "move" in msg and "hook_embed" in msg and "meta" in msg and "cpu" in msg
 
 
+def test_backward_hook_returning_another_dtype_names_hook_expected_and_got(model, tokens):
+    with model.hooks(bwd_hooks=[("hook_embed", to_double)]), pytest.raises(ValueError) as info:
+        model(tokens, return_type="loss").backward()
+    msg = str(info.value)
+    assert "to_double" in msg and "hook_embed" in msg and "torch.float64" in msg and "torch.float32" in msg
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to return a tensor on")
 def test_hook_returning_a_cuda_tensor_on_a_cpu_model(model, tokens):
     with pytest.raises(ValueError, match="cuda"):
