@@ -7,7 +7,8 @@ through ``lens.loading.from_hf_model``. Weight processing is off on both sides u
 the same flags are applied by each library's own code (TransformerLens's ``load_and_process_state_dict``,
 lens's ``process_weights``).
 
-Importing this module needs ``transformer_lens``; test modules call ``pytest.importorskip`` first.
+The TransformerLens builders need ``transformer_lens`` (test modules call ``pytest.importorskip`` first);
+:func:`lens_model` and the tokenizer builders work without it (lens-only oracles).
 
 >>> tl_model, lens_model = tl_and_lens_gpt2()                  # doctest: +SKIP
 >>> tl_model, lens_model = tl_and_lens("llama", fold_ln=True)  # doctest: +SKIP
@@ -25,28 +26,34 @@ from typing import Any
 
 import tokenizers
 import torch
-import transformer_lens as tl
-from transformer_lens.pretrained.weight_conversions import (
-    convert_gemma_weights,
-    convert_gpt2_weights,
-    convert_llama_weights,
-    convert_neox_weights,
-)
+
+try:  # optional: the builders of lens models and the tokenizer work without it
+    import transformer_lens as tl
+    from transformer_lens.pretrained.weight_conversions import (
+        convert_gemma_weights,
+        convert_gpt2_weights,
+        convert_llama_weights,
+        convert_neox_weights,
+    )
+except ImportError:  # pragma: no cover - depends on the venv
+    tl = None
+    convert_gemma_weights = convert_gpt2_weights = convert_llama_weights = convert_neox_weights = None
 
 import lens
 from lens.loading import from_hf_model
 from lens.tokenizer import Tokenizer
 from tests.tiny import build_hf
 
-TL_VERSION: str = getattr(tl, "__version__", None) or __import__("importlib.metadata").metadata.version(
-    "transformer_lens"
-)
+TL_VERSION: str | None = None if tl is None else __import__("importlib.metadata").metadata.version("transformer_lens")
 PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 SHAPE = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=48, vocab_size=96)
 
 # family -> (HF model class, HF config kwargs): plain shapes TransformerLens 2.x converts offline.
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "gpt2": ("GPT2LMHeadModel", dict(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=64)),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        dict(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=64, bos_token_id=95, eos_token_id=95),
+    ),
     "llama": ("LlamaForCausalLM", dict(SHAPE, num_key_value_heads=2, max_position_embeddings=64)),
     "neox": ("GPTNeoXForCausalLM", dict(SHAPE, rotary_pct=0.5, max_position_embeddings=64)),
     "gemma": ("GemmaForCausalLM", dict(SHAPE, num_key_value_heads=1, head_dim=16, max_position_embeddings=64)),
@@ -156,12 +163,12 @@ _CONVERT = {
 }
 
 
-def tl_config(family: str, hf_model) -> tl.HookedTransformerConfig:
+def tl_config(family: str, hf_model) -> tl.HookedTransformerConfig:  # noqa: F821 - tl may be None
     """The ``HookedTransformerConfig`` TransformerLens would use for ``hf_model`` (a tiny ``family`` model)."""
     return tl.HookedTransformerConfig(**_CONVERT[family][0](hf_model.config))
 
 
-def tl_from_hf(family: str, hf_model, **processing: bool) -> tl.HookedTransformer:
+def tl_from_hf(family: str, hf_model, **processing: bool) -> tl.HookedTransformer:  # noqa: F821
     """``hf_model`` converted by TransformerLens's own code; processing flags default to off."""
     cfg = tl_config(family, hf_model)
     model = tl.HookedTransformer(cfg, tokenizer=hf_tokenizer(), move_to_device=False)
@@ -211,3 +218,8 @@ def tokens_for(model, batch: int = 2, pos: int = 12, seed: int = 1) -> torch.Ten
     """Random token ids in the model's vocabulary (lens or TransformerLens model)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=gen)
+
+
+def lens_model(family: str = "gpt2", seed: int = 0, **processing: bool) -> lens.HookedTransformer:
+    """The lens side alone (no TransformerLens needed): the same weights and tokenizer as :func:`tl_and_lens`."""
+    return lens_from_hf(hf_for(family, seed), **processing)
