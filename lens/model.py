@@ -110,6 +110,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         center_writing_weights: bool = False,
         center_unembed: bool = False,
         fold_value_biases: bool = False,
+        refactor_factored_attn_matrices: bool = False,
     ) -> HookedTransformer:
         """Load a local Hugging Face-format directory or a ``transformers`` model object (never the network).
 
@@ -121,7 +122,9 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         ``fold_ln`` / ``center_writing_weights`` / ``center_unembed`` / ``fold_value_biases`` are opt-in
         log-prob-preserving rewrites (:mod:`lens.processing`); a flag the architecture cannot honour
         (``center_writing_weights`` without LayerNorm) raises ValueError before loading, and
-        ``fold_value_biases`` without value biases is a no-op. Errors leave nothing half-loaded.
+        ``fold_value_biases`` without value biases is a no-op. ``refactor_factored_attn_matrices`` balances
+        each head's QK/OV factors as TransformerLens (refused for rotary and grouped-query models).
+        Errors leave nothing half-loaded.
 
         >>> model = HookedTransformer.from_pretrained(Path("checkpoints/pythia-160m"), fold_ln=True)  # doctest: +SKIP
         """
@@ -133,6 +136,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             center_writing_weights=center_writing_weights,
             center_unembed=center_unembed,
             fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
         )
         return from_pretrained(
             source,
@@ -150,6 +154,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         center_writing_weights: bool = False,
         center_unembed: bool = False,
         fold_value_biases: bool = False,
+        refactor_factored_attn_matrices: bool = False,
     ) -> HookedTransformer:
         """Apply :mod:`lens.processing` steps in place (next-token log-probs unchanged); returns self."""
         from lens.processing import ProcessingFlags, process_weights
@@ -159,6 +164,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             center_writing_weights=center_writing_weights,
             center_unembed=center_unembed,
             fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
         )
         return process_weights(self, flags)
 

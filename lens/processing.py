@@ -16,9 +16,16 @@ to read without changing what the model computes. The architecture and every hoo
 - ``fold_value_biases``: ``b_V`` passes through attention unchanged (pattern rows sum to one), so
   it is folded through ``W_O`` into ``b_O`` and zeroed. Creates ``b_O`` (``cfg.attn_out_bias``) when
   the model has none; a no-op when there are no value biases.
+- ``refactor_factored_attn_matrices``: re-factor each head's ``W_Q W_K^T`` and ``W_V W_O`` into the
+  balanced forms TransformerLens uses (same products, so the same outputs): with the SVD
+  ``[W_Q; b_Q] [W_K; b_K]^T = U S V^T`` (the biases as an extra input row that is always 1),
+  ``[W_Q; b_Q] = U sqrt(S)`` and ``[W_K; b_K] = V sqrt(S)``; value biases are folded into ``b_O``
+  as above, and with ``W_V W_O = U S V^T``, ``W_V = U S`` and ``W_O = V^T`` (a rotation, so ``z`` has
+  the norm of the head's output). Refused (``ValueError``) for rotary models, whose QK product
+  depends on positions, and for grouped-query attention, whose key/value heads are shared.
 
 Biases a fold needs are created as zeros and the matching ``cfg`` flag switched on. Arithmetic runs
-in at least float32 and is cast back to the parameter dtype. The four flags travel together as one
+in at least float32 and is cast back to the parameter dtype. The five flags travel together as one
 :class:`ProcessingFlags`, validated once where a caller first names them.
 
 >>> model = process_weights(model, fold_ln=True, center_unembed=True)   # doctest: +SKIP
@@ -39,6 +46,7 @@ from torch import Tensor, nn
 
 from lens.components.linear import input_major
 from lens.config import TransformerConfig
+from lens.factored_matrix import FactoredMatrix
 
 __all__ = [
     "ProcessingFlags",
@@ -48,11 +56,18 @@ __all__ = [
     "fold_layer_norm",
     "fold_value_biases",
     "process_weights",
+    "refactor_factored_attn_matrices",
     "untie_embeddings",
 ]
 
 
-FLAG_NAMES = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+FLAG_NAMES = (
+    "fold_ln",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    "refactor_factored_attn_matrices",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class ProcessingFlags:
     center_writing_weights: bool = False
     center_unembed: bool = False
     fold_value_biases: bool = False
+    refactor_factored_attn_matrices: bool = False
 
     def __post_init__(self) -> None:
         for name in FLAG_NAMES:
@@ -114,6 +130,18 @@ class ProcessingFlags:
                 f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
                 "load without center_writing_weights"
             )
+        if self.refactor_factored_attn_matrices:
+            if cfg.positional == "rotary":
+                raise ValueError(
+                    "refactor_factored_attn_matrices cannot be applied to a rotary model (positional='rotary'): "
+                    "its QK product depends on the query and key positions; load without it"
+                )
+            if cfg.n_key_value_heads != cfg.n_heads:
+                raise ValueError(
+                    "refactor_factored_attn_matrices needs one key/value head per query head, but this model "
+                    f"has n_key_value_heads={cfg.n_key_value_heads} < n_heads={cfg.n_heads} (grouped-query "
+                    "attention shares them); load without it"
+                )
 
 
 def check_processing(cfg: TransformerConfig, flags: ProcessingFlags | None = None, **keywords: bool) -> None:
@@ -134,7 +162,8 @@ def process_weights(model, flags: ProcessingFlags | None = None, **keywords: boo
     """Apply the requested steps in TransformerLens's order, in place; returns ``model``.
 
     The steps come as keywords (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
-    ``fold_value_biases``; bools, default False) or as one :class:`ProcessingFlags`.
+    ``fold_value_biases``, ``refactor_factored_attn_matrices``; bools, default False) or as one
+    :class:`ProcessingFlags`.
 
     >>> model = process_weights(model, fold_ln=True, fold_value_biases=True)   # doctest: +SKIP
     >>> model = process_weights(model, ProcessingFlags(fold_ln=True))          # doctest: +SKIP
@@ -301,9 +330,43 @@ def fold_value_biases(model) -> None:
     cfg.attn_out_bias = True
 
 
+@torch.no_grad()
+def refactor_factored_attn_matrices(model) -> None:
+    """Balance every head's QK and OV factorisations by SVD, as TransformerLens (outputs unchanged).
+
+    Why: ``W_Q W_K^T`` and ``W_V W_O`` are what a head computes; their factors are arbitrary up to an
+    invertible ``d_head x d_head`` map. Choosing ``W_Q``/``W_K`` with equal column norms and ``W_O``
+    orthonormal makes heads comparable. Singular vectors are unique only up to sign, so a column of
+    ``W_Q`` (with the same column of ``W_K``) may have the opposite sign of TransformerLens's.
+
+    >>> refactor_factored_attn_matrices(model)                          # doctest: +SKIP
+    >>> torch.allclose(model.W_O[0, 0] @ model.W_O[0, 0].T, torch.eye(model.cfg.d_head), atol=1e-5)  # doctest: +SKIP
+    True
+    """
+    ProcessingFlags(refactor_factored_attn_matrices=True).check(model.cfg)
+    fold_value_biases(model)  # b_V reaches the output as b_V W_O whatever W_V is; move it to b_O first
+    for block in model.blocks:
+        attn = block.attn
+        # The biases as one more input row (an input coordinate that is always 1) keep the bilinear form
+        # (x W_Q + b_Q)(y W_K + b_K)^T exact through the refactoring.
+        q_eff = torch.cat([_work(attn.W_Q), _work(attn.b_Q)[:, None, :]], dim=1)  # [head, d_model + 1, d_head]
+        k_eff = torch.cat([_work(attn.W_K), _work(attn.b_K)[:, None, :]], dim=1)
+        even = FactoredMatrix(q_eff, k_eff.mT).make_even()
+        q_new, k_new = even.A, even.B.mT
+        _set(attn.W_Q, q_new[:, :-1])
+        _set(attn.W_K, k_new[:, :-1])
+        if attn.qkv_bias is not None:  # without biases the extra row is zero (up to rounding)
+            _set(attn.b_Q, q_new[:, -1])
+            _set(attn.b_K, k_new[:, -1])
+        U, S, V = FactoredMatrix(_work(attn.W_V), _work(attn.W_O)).svd()
+        _set(attn.W_V, U * S[..., None, :])
+        _set(attn.W_O, V.mT)
+
+
 _STEPS = {  # one per ProcessingFlags field
     "fold_ln": fold_layer_norm,
     "center_writing_weights": center_writing_weights,
     "center_unembed": center_unembed,
     "fold_value_biases": fold_value_biases,
+    "refactor_factored_attn_matrices": refactor_factored_attn_matrices,
 }

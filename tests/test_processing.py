@@ -20,7 +20,14 @@ RMS_FAMILIES = [f for f in FAMILIES if f not in LN_FAMILIES]
 
 def _cases():
     for family in FAMILIES:
-        applicable = [f for f in ALL_FLAGS if f != "center_writing_weights" or family in LN_FAMILIES]
+        cfg = lens_config(family)
+        refactorable = cfg.positional != "rotary" and cfg.n_key_value_heads == cfg.n_heads  # else ValueError
+        applicable = [
+            f
+            for f in ALL_FLAGS
+            if (f != "center_writing_weights" or family in LN_FAMILIES)
+            and (f != "refactor_factored_attn_matrices" or refactorable)
+        ]
         for flag in applicable:
             yield pytest.param(family, (flag,), id=f"{family}-{flag}")
         yield pytest.param(family, tuple(applicable), id=f"{family}-all")
