@@ -19,6 +19,7 @@ torch.Size([1, 2, 64])
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,7 +79,7 @@ class Unembed(nn.Module):
         self.bias = (
             nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype, device=cfg.device)) if cfg.unembed_bias else None
         )
-        self._decode: _DecodeCopy | None = None
+        self._decode: dict[int, _DecodeCopy] = {}  # thread ident -> the copy of that thread's decoding block
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
@@ -93,8 +94,8 @@ class Unembed(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         w = self.weight
         rows = x.numel() // x.shape[-1]
-        decode = self._decode
-        if decode is not None and rows == 1:
+        decode = self._decode.get(threading.get_ident()) if self._decode and rows == 1 else None
+        if decode is not None:  # this thread is inside decode_layout
             wt = decode.current(w)
             if wt is not None:  # the input-major copy of this call, valid for the weight as it is now
                 return linear(x, wt.t(), self.bias)
@@ -111,18 +112,20 @@ class Unembed(nn.Module):
         Worth it from ``steps`` of about 32 one-row decode steps at ``batch == 1`` (the copy costs about one
         pass over the weight); otherwise nothing happens. The copy is built on entry and dropped on exit, and
         rebuilt inside if the parameter is replaced or edited in place (its version counter moves); an edit
-        through ``.data`` inside the block is the one change it cannot see.
+        through ``.data`` inside the block is the one change it cannot see. Only the thread that entered the
+        block reads its copy (each thread has its own; forwards of other threads compute as outside it).
         """
         w = self.weight
         wanted = batch == 1 and steps >= 32 and w.device.type == "cpu" and w.is_contiguous()
-        if not wanted or self._decode is not None:
+        me = threading.get_ident()
+        if not wanted or me in self._decode:
             yield
             return
-        self._decode = _DecodeCopy()
+        self._decode[me] = _DecodeCopy()
         try:
             yield
         finally:
-            self._decode = None
+            del self._decode[me]
 
 
 class _DecodeCopy:

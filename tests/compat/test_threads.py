@@ -145,3 +145,43 @@ def test_reset_hooks_in_another_thread_leaves_a_running_call_alone():
         t.join()
         assert model.hook_dict["hook_embed"].has_hooks
     assert not model.hook_dict["hook_embed"].has_hooks
+
+
+def _gen_task(model, i: int, prompt: torch.Tensor):
+    if i == 0:  # one row, many steps: the tied unembedding's decode copy is in play (model.decoding)
+        return model.generate(prompt[:1], 40, stop_at_eos=False)
+    if i == 1:
+        out = model.generate(prompt, 6, stop_at_eos=False, return_cache=True, names_filter=lambda n: "resid" in n)
+        return out.output, dict(out.cache.items())
+    if i == 2:  # one-row forwards while another thread decodes
+        return torch.stack([model(prompt[:1, : 3 + k % 4], logits_to_keep=1)[:, -1] for k in range(60)])
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", _edit(i))]):
+        return model.generate(prompt, 6, stop_at_eos=False, num_beams=2)
+
+
+def test_concurrent_generation_equals_serial(one_intra_op_thread):
+    model = tiny_model("gpt2", tie_word_embeddings=True)
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, VOCAB, (2, 5 + i), generator=g) for i in range(N_THREADS)]
+    serial = {i: _gen_task(model, i, prompts[i]) for i in range(N_THREADS)}
+    results: dict[tuple[int, int], object] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(N_THREADS)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            for r in range(3):
+                results[i, r] = _gen_task(model, i, prompts[i])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(N_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    for (i, r), got in results.items():
+        _assert_same(got, serial[i], f"generation thread {i}, repeat {r}")
