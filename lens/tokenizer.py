@@ -11,6 +11,11 @@ Backends:
   256/257/258 are ``<|bos|>``/``<|eos|>``/``<|pad|>``. Handy for tests and toy models.
 * ``Tokenizer.from_file(...)`` / ``Tokenizer.from_directory(...)`` - a ``tokenizers`` ``tokenizer.json``
   (as shipped with Hugging Face checkpoints), special tokens read from the config files beside it.
+* ``Tokenizer.from_hf(hf_tokenizer)`` - a ``transformers`` fast tokenizer (its backend copied).
+
+A :class:`Tokenizer` also answers the ``transformers`` calls notebooks make on ``model.tokenizer``
+(``tok(texts, return_tensors="pt", padding=True)``, ``encode(text)`` with the backend's special tokens,
+``batch_decode``, ``pad_token_id``, ``padding_side``, ...): :mod:`lens.tokenizer_hf`.
 
 Example::
 
@@ -33,7 +38,9 @@ import tokenizers
 import torch
 from jaxtyping import Int
 
-__all__ = ["Tokenizer", "TokenizerMixin"]
+from lens.tokenizer_hf import BatchEncoding, HFTokenizerMixin
+
+__all__ = ["BatchEncoding", "Tokenizer", "TokenizerMixin"]
 
 _BYTE_SPECIALS = {256: "<|bos|>", 257: "<|eos|>", 258: "<|pad|>"}
 _NO_TOKENIZER = "this model has no tokenizer; pass token ids or attach one with model.set_tokenizer(...)"
@@ -48,7 +55,7 @@ def _as_id_list(ids: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-class Tokenizer:
+class Tokenizer(HFTokenizerMixin):
     """A uniform tokenizer: ``encode``/``decode``/``token_strings``/``encode_batch`` over either backend.
 
     Build one with :meth:`byte_level`, :meth:`from_file` or :meth:`from_directory` rather than directly.
@@ -169,12 +176,11 @@ class Tokenizer:
                 warnings.warn(f"{kind}_token {token!r} in {directory} is not in the vocabulary", stacklevel=2)
             found[kind] = values if token_id is None else [token_id, *values]
         bos, eos, pad = found["bos"], found["eos"], found["pad"]
-        return cls(backend, bos_token_id=(bos or [None])[0], eos_token_ids=eos, pad_token_id=(pad or [None])[0])
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids the tokenizer can produce (including added/special tokens)."""
-        return self._vocab_size
+        tok = cls(backend, bos_token_id=(bos or [None])[0], eos_token_ids=eos, pad_token_id=(pad or [None])[0])
+        unk = read_json("tokenizer_config.json").get("unk_token")
+        unk = unk.get("content") if isinstance(unk, dict) else unk
+        tok._unk = backend.token_to_id(unk) if isinstance(unk, str) else None
+        return tok
 
     @property
     def bos_token_id(self) -> int | None:
@@ -189,10 +195,6 @@ class Tokenizer:
     def eos_token_ids(self) -> list[int]:
         """All ids that end a sequence (e.g. several for chat models); may be empty."""
         return list(self._eos)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._pad
 
     @property
     def padding_id(self) -> int:
@@ -212,12 +214,30 @@ class Tokenizer:
         specials = f"bos={self._bos}, eos={self._eos}, pad={self._pad}"
         return f"Tokenizer({kind}, vocab_size={self._vocab_size}, {specials})"
 
-    def encode(self, text: str, add_bos: bool) -> list[int]:
-        """Token ids of ``text`` (no backend post-processing), with BOS prepended iff ``add_bos``.
+    def encode(
+        self,
+        text: str,
+        add_bos: bool | None = None,
+        *,
+        add_special_tokens: bool = True,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        padding: bool | str = False,
+        return_tensors: str | None = None,
+    ) -> list[int] | torch.Tensor:
+        """Token ids of ``text``, in one of two modes.
+
+        * ``add_bos=True/False`` (lens): no backend post-processing, BOS prepended iff ``add_bos``.
+        * ``add_bos`` not given (Hugging Face's ``encode``): the backend's post-processing (e.g. a BOS the
+          ``tokenizer.json`` adds) iff ``add_special_tokens``; ``truncation``/``max_length``/``padding``/
+          ``return_tensors`` as in ``__call__`` (``"pt"`` gives a ``[1, pos]`` tensor).
 
         >>> Tokenizer.byte_level().encode("ok", add_bos=True)
         [256, 111, 107]
         """
+        if add_bos is None:
+            kwargs = dict(truncation=truncation, max_length=max_length, padding=padding, return_tensors=return_tensors)
+            return self(text, add_special_tokens=add_special_tokens, return_attention_mask=False, **kwargs)["input_ids"]
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         if add_bos and self._bos is None:
@@ -238,18 +258,29 @@ class Tokenizer:
                 raise ValueError(f"token id {i} is outside the vocabulary (size {self._vocab_size})")
         return id_list
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        """Text of a sequence of ids; BOS/EOS/PAD (and backend special tokens) dropped if asked.
+    def decode(
+        self,
+        ids: int | Sequence[int] | torch.Tensor,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str:
+        """Text of a sequence of ids (or of one id); BOS/EOS/PAD (and backend special tokens) dropped if asked.
+
+        ``clean_up_tokenization_spaces`` (default: the attribute, False unless taken from a Hugging Face
+        tokenizer) removes spaces before punctuation as Hugging Face does.
 
         >>> Tokenizer.byte_level().decode([256, 104, 105], skip_special_tokens=True)
         'hi'
         """
+        if isinstance(ids, int):
+            ids = [ids]
         id_list = self._checked_ids(ids)
         if skip_special_tokens:
             specials = self._special_ids()
             id_list = [i for i in id_list if i not in specials]
         if self._backend is not None:
-            return self._backend.decode(id_list, skip_special_tokens=skip_special_tokens)
+            text = self._backend.decode(id_list, skip_special_tokens=skip_special_tokens)
+            return self._clean_up(text, clean_up_tokenization_spaces)
         pieces: list[str] = []
         buffer = bytearray()
         for i in id_list:
@@ -261,7 +292,7 @@ class Tokenizer:
             if not skip_special_tokens:
                 pieces.append(_BYTE_SPECIALS[i])
         pieces.append(buffer.decode("utf-8", errors="replace"))
-        return "".join(pieces)
+        return self._clean_up("".join(pieces), clean_up_tokenization_spaces)
 
     def token_strings(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
         """Each id decoded on its own (a partial UTF-8 character shows as U+FFFD).
@@ -322,13 +353,26 @@ class TokenizerMixin:
     tokenizer: Tokenizer | None
     cfg: Any
 
-    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
-        """Attach a tokenizer, checking that its ids fit in the model's embedding (``cfg.d_vocab``)."""
+    def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
+        """Attach a tokenizer, checking that its ids fit in the model's embedding (``cfg.d_vocab``).
+
+        ``tokenizer``: a :class:`Tokenizer` or a ``transformers`` fast tokenizer (converted with
+        :meth:`Tokenizer.from_hf`, so ``model.tokenizer`` is always a lens ``Tokenizer``; the caller's object
+        is not changed). ``default_padding_side`` (as TransformerLens) sets ``model.tokenizer.padding_side``.
+
+        >>> model.set_tokenizer(AutoTokenizer.from_pretrained("gpt2"))  # doctest: +SKIP
+        """
         if not isinstance(tokenizer, Tokenizer):
-            raise TypeError(f"expected a lens.tokenizer.Tokenizer, got {type(tokenizer).__name__}")
+            if not any(c.__name__ == "PreTrainedTokenizerBase" for c in type(tokenizer).__mro__):
+                raise TypeError(
+                    f"expected a lens.tokenizer.Tokenizer or a transformers tokenizer, got {type(tokenizer).__name__}"
+                )
+            tokenizer = Tokenizer.from_hf(tokenizer)
         d_vocab = getattr(getattr(self, "cfg", None), "d_vocab", None)
-        if d_vocab is not None and tokenizer.vocab_size > d_vocab:
-            raise ValueError(f"tokenizer vocab_size ({tokenizer.vocab_size}) exceeds the model's d_vocab ({d_vocab})")
+        if d_vocab is not None and len(tokenizer) > d_vocab:
+            raise ValueError(f"tokenizer vocab_size ({len(tokenizer)}) exceeds the model's d_vocab ({d_vocab})")
+        if default_padding_side is not None:
+            tokenizer.padding_side = default_padding_side
         self.tokenizer = tokenizer
 
     def _require_tokenizer(self) -> Tokenizer:
@@ -347,14 +391,17 @@ class TokenizerMixin:
     ) -> Int[torch.Tensor, "batch pos"] | tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
         """Text -> ``[batch, pos]`` token ids (a single string gives batch 1), padded if needed.
 
-        ``prepend_bos``/``padding_side`` default to ``cfg.default_prepend_bos``/``cfg.default_padding_side``.
+        ``prepend_bos`` defaults to ``cfg.default_prepend_bos``; ``padding_side`` to ``"left"`` when
+        ``cfg.default_padding_side`` or ``tokenizer.padding_side`` is ``"left"`` (TransformerLens reads the
+        latter), else ``"right"``.
 
         >>> model.to_tokens(["hi", "hey"], padding_side="left")  # doctest: +SKIP
         """
         tokenizer = self._require_tokenizer()
         prepend_bos = self._resolve_bos(prepend_bos)
         if padding_side is None:
-            padding_side = getattr(self.cfg, "default_padding_side", "right")
+            sides = (getattr(self.cfg, "default_padding_side", "right"), getattr(tokenizer, "padding_side", "right"))
+            padding_side = "left" if "left" in sides else sides[0]
         texts = [input] if isinstance(input, str) else list(input)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("to_tokens expects a string or a list of strings")
@@ -364,18 +411,25 @@ class TokenizerMixin:
             tokens, mask = tokens.to(device), mask.to(device)
         return (tokens, mask) if return_attention_mask else tokens
 
-    def to_string(self, tokens: Sequence[int] | torch.Tensor) -> str | list[str]:
-        """Token ids -> text: 1-D (or a list of ints) gives a str, 2-D gives one str per row.
+    def to_string(self, tokens: int | Sequence[int] | torch.Tensor | Any) -> str | list[str]:
+        """Token ids -> text: one id (int or 0-D tensor) or 1-D ids give a str, 2-D gives one str per row.
+
+        Lists, numpy arrays and lists of 1-D tensors are accepted (as TransformerLens); spaces are never
+        cleaned up (TransformerLens passes ``clean_up_tokenization_spaces=False``).
 
         >>> model.to_string(torch.tensor([[104, 105]]))  # doctest: +SKIP
         ['hi']
+        >>> model.to_string(104)  # doctest: +SKIP
+        'h'
         """
         tokenizer = self._require_tokenizer()
-        tokens = torch.as_tensor(tokens if isinstance(tokens, torch.Tensor) else list(tokens), dtype=torch.long)
+        if isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, torch.Tensor) for t in tokens):
+            tokens = torch.stack([t.reshape(-1) if t.ndim == 0 else t for t in tokens])
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.ndim == 2:
-            return [tokenizer.decode(row) for row in tokens.cpu()]
+            return [tokenizer.decode(row, clean_up_tokenization_spaces=False) for row in tokens.cpu()]
         if tokens.ndim <= 1:
-            return tokenizer.decode(tokens.cpu().reshape(-1))
+            return tokenizer.decode(tokens.cpu().reshape(-1), clean_up_tokenization_spaces=False)
         raise ValueError(f"to_string expects 1-D or 2-D tokens, got shape {tuple(tokens.shape)}")
 
     def to_str_tokens(
