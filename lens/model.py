@@ -43,7 +43,8 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
 
     Args:
         cfg: the architecture (a ``TransformerConfig`` or a dict of its fields).
-        tokenizer: a :class:`lens.tokenizer.Tokenizer` (optional; needed for string inputs).
+        tokenizer: a :class:`lens.tokenizer.Tokenizer` or a ``transformers`` fast tokenizer (converted with
+            ``Tokenizer.from_hf``; optional, needed for string inputs).
         init: initialise weights randomly (GPT-2 style, seeded by ``seed``); loaders pass False.
     """
 
@@ -52,7 +53,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
     def __init__(
         self,
         cfg: TransformerConfig | dict,
-        tokenizer: Tokenizer | None = None,
+        tokenizer: Tokenizer | Any | None = None,
         init: bool = True,
         seed: int | None = None,
     ):
