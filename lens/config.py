@@ -67,6 +67,9 @@ class TransformerConfig:
     ``n_key_value_heads`` to ``n_heads`` (plain multi-head attention), ``rotary_dim`` to ``d_head``.
     Inconsistent values raise ``ValueError`` at construction.
 
+    ``d_vocab_out`` (default ``d_vocab``) is the number of logits, TransformerLens's field of that name: the
+    unembedding is ``[d_model, d_vocab_out]``, for models whose output vocabulary differs from the input one.
+
     Hook flags (TransformerLens's names; the model's ``set_use_*`` methods toggle them after construction):
     ``use_attn_result`` (``attn.hook_result``), ``use_split_qkv_input`` (``hook_q/k/v_input``),
     ``use_hook_mlp_in`` (``hook_mlp_in``), ``use_attn_in`` (``hook_attn_in``), ``use_hook_tokens``
@@ -107,6 +110,7 @@ class TransformerConfig:
     parallel_attn_mlp: bool = False
     attn_only: bool = False
     tie_word_embeddings: bool = False
+    d_vocab_out: int | None = None
     qkv_bias: bool = True
     attn_out_bias: bool = True
     mlp_bias: bool = True
@@ -147,6 +151,14 @@ class TransformerConfig:
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_key_value_heads={self.n_key_value_heads}")
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        if self.d_vocab_out is None:
+            self.d_vocab_out = self.d_vocab
+        _check_positive_int("d_vocab_out", self.d_vocab_out)
+        if self.tie_word_embeddings and self.d_vocab_out != self.d_vocab:
+            raise ValueError(
+                f"tie_word_embeddings=True needs d_vocab_out == d_vocab, got d_vocab_out={self.d_vocab_out}, "
+                f"d_vocab={self.d_vocab}"
+            )
         if not self.attn_only:
             _check_positive_int("d_mlp", self.d_mlp)
         if self.act_fn not in ACTIVATIONS:
@@ -183,6 +195,15 @@ class TransformerConfig:
         self.dtype = resolve_dtype(self.dtype)
 
     # -- helpers -------------------------------------------------------------------------------
+    def is_layer_norm_activation(self) -> bool:
+        """Whether the MLP activation carries its own LayerNorm (``"solu_ln"``), as TransformerLens's config.
+
+        >>> cfg = TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_vocab=10, n_ctx=4, act_fn="solu_ln")
+        >>> cfg.is_layer_norm_activation()
+        True
+        """
+        return self.act_fn.endswith("_ln")
+
     def layer_window(self, layer: int) -> int | None:
         """The sliding-window size used by ``layer`` (None: full causal attention)."""
         if self.window_size is None:

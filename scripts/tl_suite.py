@@ -88,7 +88,27 @@ MODULES = {
     "supported_models": [],
 }
 # Top-level names that are classes in TL (their module of the same name must not shadow them).
-TOP_CLASSES = ("HookedTransformer", "ActivationCache", "FactoredMatrix", "HookedTransformerConfig")
+TOP_CLASSES = (
+    "HookedTransformer",
+    "ActivationCache",
+    "FactoredMatrix",
+    "HookedTransformerConfig",
+    "HookedEncoder",
+    "HookedEncoderDecoder",
+    "HookedAudioEncoder",
+    "BertNextSentencePrediction",
+    "SVDInterpreter",
+)
+# Test files whose subject is a TransformerLens internal (its concrete components, activation factories,
+# weight converters, LIT integration): whatever fails there counts as "TL-internal".
+INTERNAL_TESTS = (
+    "unit/components/",
+    "unit/factories/",
+    "unit/pretrained_weight_conversions/",
+    "unit/weight_conversion/",
+    "unit/test_lit.py",
+    "unit/test_xielu.py",
+)
 # TL modules whose contents are TransformerLens internals (its concrete components, weight converters...).
 INTERNAL = (
     "components",
@@ -131,7 +151,7 @@ class _Missing:
             raise AttributeError(name)
         self._fail()
 
-    __call__ = __getitem__ = __iter__ = _fail
+    __call__ = __getitem__ = __iter__ = __dir__ = _fail
 
     def __mro_entries__(self, bases):
         self._fail()
@@ -306,7 +326,14 @@ def translate_config(tl: dict) -> dict:
     return out
 
 
-class HookedTransformerConfig:
+class _ConfigMeta(type):
+    def __instancecheck__(cls, obj):
+        from lens.config import TransformerConfig
+
+        return isinstance(obj, TransformerConfig)
+
+
+class HookedTransformerConfig(metaclass=_ConfigMeta):
     """Stands in for TL's config class: constructing it builds a ``lens.TransformerConfig``."""
 
     def __new__(cls, *args, **kwargs):
@@ -455,7 +482,9 @@ def _copy_tree(tests: Path, dest: Path, translate: bool) -> None:
     (dest / "tests" / "__init__.py").touch()
 
 
-def _run(python: str, root: Path, pythonpath: list[str], out: Path, timeout: int | None, log: Path) -> dict:
+def _run(
+    python: str, root: Path, pythonpath: list[str], out: Path, timeout: int | None, log: Path, targets: list[str]
+) -> dict:
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -480,8 +509,7 @@ def _run(python: str, root: Path, pythonpath: list[str], out: Path, timeout: int
         "--continue-on-collection-errors",
         "--rootdir",
         str(root),
-        "tests/unit",
-        "tests/integration",
+        *targets,
     ]
     if has_timeout and timeout:
         cmd += [f"--timeout={timeout}"]
@@ -522,6 +550,8 @@ def summarise(tl: dict, lens: dict) -> dict:
             results[nodeid] = {"outcome": "passed"}
             continue
         cause, key = classify(rec) if rec["outcome"] == "failed" else ("skipped on lens", rec.get("message") or "")
+        if any(part in nodeid for part in INTERNAL_TESTS):
+            cause = "TL-internal class/function"
         results[nodeid] = {
             "outcome": rec["outcome"],
             "cause": cause,
@@ -555,6 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lens-python", default=None, help="python for the lens run (default: --tl-python)")
     ap.add_argument("--json", type=Path, default=None, help="write the machine-readable result here")
     ap.add_argument("--timeout", type=int, default=120, help="per-test seconds (needs pytest-timeout)")
+    ap.add_argument(
+        "--tl-results",
+        type=Path,
+        default=None,
+        help="TransformerLens's raw results: reused if the file exists, else written there",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder and pytest logs")
     ap.add_argument("--top", type=int, default=40, help="failure groups to print")
     args = ap.parse_args(argv)
@@ -568,9 +604,25 @@ def main(argv: list[str] | None = None) -> int:
         (work / "lens" / "conftest.py").write_text(
             f"import sys\nsys.path.insert(0, {str(SCRIPTS)!r})\nimport tl_suite\ntl_suite.install_shim()\n"
         )
-        print(f"running TransformerLens's tests on TransformerLens ({work / 'tl'}) ...", flush=True)
-        tl = _run(args.tl_python, work / "tl", [str(SCRIPTS)], work / "tl.json", args.timeout, work / "tl.log")
-        print("running them on lens ...", flush=True)
+        if args.tl_results and args.tl_results.exists():
+            print(f"reusing TransformerLens's results from {args.tl_results}", flush=True)
+            tl = json.loads(args.tl_results.read_text())
+        else:
+            print(f"running TransformerLens's tests on TransformerLens ({work / 'tl'}) ...", flush=True)
+            tl = _run(
+                args.tl_python,
+                work / "tl",
+                [str(SCRIPTS)],
+                work / "tl.json",
+                args.timeout,
+                work / "tl.log",
+                ["tests/unit", "tests/integration"],
+            )
+            if args.tl_results:
+                args.tl_results.write_text(json.dumps(tl))
+        # only the files holding a test TransformerLens passes run on lens
+        files = sorted({n.split("::")[0] for n, r in tl["tests"].items() if r["outcome"] == "passed"})
+        print(f"running {len(files)} files on lens ...", flush=True)
         lens = _run(
             args.lens_python or args.tl_python,
             work / "lens",
@@ -578,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             work / "lens.json",
             args.timeout,
             work / "lens.log",
+            files,
         )
         summary = summarise(tl, lens)
     finally:

@@ -75,10 +75,9 @@ class Unembed(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.weight = input_major(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
-        self.bias = (
-            nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype, device=cfg.device)) if cfg.unembed_bias else None
-        )
+        n_out = cfg.d_vocab_out  # the number of logits (d_vocab unless the config says otherwise)
+        self.weight = input_major(n_out, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
+        self.bias = nn.Parameter(torch.zeros(n_out, dtype=cfg.dtype, device=cfg.device)) if cfg.unembed_bias else None
         self._decode: dict[int, _DecodeCopy] = {}  # thread ident -> the copy of that thread's decoding block
 
     @property
@@ -88,7 +87,7 @@ class Unembed(nn.Module):
     @property
     def b_U(self) -> Float[Tensor, "d_vocab"]:
         if self.bias is None:
-            return torch.zeros(self.cfg.d_vocab, dtype=self.weight.dtype, device=self.weight.device)
+            return torch.zeros(self.cfg.d_vocab_out, dtype=self.weight.dtype, device=self.weight.device)
         return self.bias
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
