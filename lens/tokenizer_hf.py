@@ -158,7 +158,10 @@ class HFTokenizerMixin:
     @pad_token.setter
     def pad_token(self, token: str | None) -> None:
         """``tok.pad_token = tok.eos_token`` (a common notebook line) sets the pad id."""
-        self.pad_token_id = None if token is None else self._id_of(token)
+        token_id = None if token is None else self._id_of(token)
+        if token is not None and token_id is None:
+            raise ValueError(f"pad_token {token!r} is not in the vocabulary; add it to the tokenizer first")
+        self.pad_token_id = token_id
 
     @property
     def pad_token_id(self) -> int | None:
@@ -313,7 +316,7 @@ class HFTokenizerMixin:
                 "cannot build one tensor from sequences of different lengths; pass padding=True (or truncation)"
             )
         for key, value in out.items():
-            tensor = torch.tensor(value, dtype=torch.long).reshape(len(value), -1)
+            tensor = torch.tensor(value, dtype=torch.long).reshape(len(value), -1 if value else 0)
             out[key] = tensor if return_tensors == "pt" else tensor.numpy()
         return out
 

@@ -137,6 +137,10 @@ def test_call_errors(pair):
         tok.padding_side = "middle"
     with pytest.raises(ValueError, match="return_tensors"):
         tok("a", return_tensors="tf")
+    with pytest.raises(ValueError, match="'<nope>' is not in the vocabulary"):
+        tok.pad_token = "<nope>"
+    with pytest.raises(ValueError, match="max_length"):
+        tok("a", padding="max_length")
 
 
 def test_padding_without_pad_token_raises_as_hugging_face(tmp_path):
