@@ -306,11 +306,12 @@ class Tokenizer(HFTokenizerMixin):
         return [self.decode([i]) for i in id_list]
 
     def encode_batch(
-        self, texts: Sequence[str], add_bos: bool, padding_side: str = "right"
+        self, texts: Sequence[str], add_bos: bool, padding_side: str = "right", max_length: int | None = None
     ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
         """Encode and pad several texts to one ``[batch, pos]`` tensor plus its attention mask.
 
-        The mask is 1 on real tokens (BOS included) and 0 on padding (``padding_id``).
+        The mask is 1 on real tokens (BOS included) and 0 on padding (``padding_id``). ``max_length``
+        keeps the first ``max_length`` tokens of each text (BOS included) before padding.
 
         >>> tok = Tokenizer.byte_level()
         >>> tokens, mask = tok.encode_batch(["ab", "a"], add_bos=True, padding_side="right")
@@ -323,7 +324,7 @@ class Tokenizer(HFTokenizerMixin):
             texts = [texts]
         if len(texts) == 0:
             raise ValueError("encode_batch needs at least one text")
-        encoded = [self.encode(t, add_bos) for t in texts]
+        encoded = [self.encode(t, add_bos)[:max_length] for t in texts]
         length = max(len(ids) for ids in encoded)
         tokens = torch.full((len(encoded), length), self.padding_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), length), dtype=torch.long)
@@ -388,12 +389,14 @@ class TokenizerMixin:
         padding_side: str | None = None,
         move_to_device: bool = True,
         return_attention_mask: bool = False,
+        truncate: bool = True,
     ) -> Int[torch.Tensor, "batch pos"] | tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
         """Text -> ``[batch, pos]`` token ids (a single string gives batch 1), padded if needed.
 
         ``prepend_bos`` defaults to ``cfg.default_prepend_bos``; ``padding_side`` to ``"left"`` when
         ``cfg.default_padding_side`` or ``tokenizer.padding_side`` is ``"left"`` (TransformerLens reads the
-        latter), else ``"right"``.
+        latter), else ``"right"``. ``truncate`` (as TransformerLens) keeps the first ``cfg.n_ctx`` tokens of each
+        text; ``truncate=False`` returns them all (a forward then refuses more than ``n_ctx`` positions).
 
         >>> model.to_tokens(["hi", "hey"], padding_side="left")  # doctest: +SKIP
         """
@@ -405,7 +408,10 @@ class TokenizerMixin:
         texts = [input] if isinstance(input, str) else list(input)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("to_tokens expects a string or a list of strings")
-        tokens, mask = tokenizer.encode_batch(texts, add_bos=bool(prepend_bos), padding_side=padding_side)
+        max_length = getattr(self.cfg, "n_ctx", None) if truncate else None
+        tokens, mask = tokenizer.encode_batch(
+            texts, add_bos=bool(prepend_bos), padding_side=padding_side, max_length=max_length
+        )
         device = getattr(self.cfg, "device", None)
         if move_to_device and device is not None:
             tokens, mask = tokens.to(device), mask.to(device)

@@ -190,6 +190,10 @@ def test_model_accepts_hf_tokenizer(pair):
     batch = torch.tensor([ids[:3], ids[3:6]])
     assert model.to_string(batch) == hf.batch_decode(batch)
     assert model.to_string([torch.tensor(ids[:3]), torch.tensor(ids[3:6])]) == hf.batch_decode(batch)
+    long_text = " ".join(TEXTS) * 3  # more than n_ctx=32 tokens: kept to the first n_ctx, as TransformerLens
+    full = [hf.bos_token_id, *hf.encode(long_text, add_special_tokens=False)]
+    assert len(full) > 32 and model.to_tokens(long_text)[0].tolist() == full[:32]
+    assert model.to_tokens(long_text, truncate=False)[0].tolist() == full
     out = model.generate("The cat", max_new_tokens=3, do_sample=False, verbose=False)
     assert isinstance(out, str) and out.startswith("The cat")
 
@@ -234,6 +238,9 @@ def test_model_tokenizer_calls_match_transformer_lens(tmp_path):
     assert model.to_string(ids[0, 2]) == tl_model.to_string(ids[0, 2])
     assert model.to_string(int(ids[0, 2])) == tl_model.to_string(int(ids[0, 2]))
     assert model.to_str_tokens(texts[0]) == tl_model.to_str_tokens(texts[0])
+    long_texts = [" ".join(TEXTS) * 3, "The"]
+    assert torch.equal(model.to_tokens(long_texts), tl_model.to_tokens(long_texts))  # truncated to n_ctx
+    assert torch.equal(model.to_tokens(long_texts, truncate=False), tl_model.to_tokens(long_texts, truncate=False))
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "padding_side", "vocab_size"):
         assert getattr(model.tokenizer, name) == getattr(tl_model.tokenizer, name), name
     batch = model.tokenizer(texts, return_tensors="pt", padding=True)
