@@ -269,8 +269,8 @@ def test_logit_diff_directions_through_final_ln(ns):
         return (scaled * logit_diff_directions).sum(-1).mean(), _logit_diff(logits, _answers(n))
 
     via_residual, direct = oracle(idiom)
-    if ns.model.b_U.abs().max() == 0:  # no unembed bias: the two agree exactly
-        torch.testing.assert_close(via_residual, direct, atol=1e-4, rtol=1e-4)
+    assert ns.model.b_U.abs().max() == 0  # GPT-2 has no unembed bias, so the two agree exactly
+    torch.testing.assert_close(via_residual, direct, atol=1e-4, rtol=1e-4)
 
 
 def test_w_u_column_is_the_token_direction(ns):
@@ -474,7 +474,7 @@ def test_test_prompt_prints_rank_of_answer(ns, capsys):
         "when John and Mary went to the store , John gave a drink to", " Mary", ns.model, prepend_bos=True
     )
     out = capsys.readouterr().out
-    assert "Mary" in out and "Rank" in out or "rank" in out.lower()
+    assert "Mary" in out and "rank" in out.lower()
     if HAS_TL:
         tl = tl_ns()
         tl.utils.test_prompt(PROMPT, " Mary", tl.model, prepend_bos=True)
