@@ -12,7 +12,7 @@ Everything public here is re-exported from one concern-per-module home in :mod:`
 - activations: ``gelu_new``, ``gelu_fast``, ``gelu_pytorch_tanh``, ``solu``, ``xielu``, ``XIELU``,
   ``ACTIVATION_FN_DICT``;
 - tokens: ``get_offset_position_ids``, ``get_attention_mask``, ``get_input_with_manually_prepended_bos``,
-  ``get_tokens_with_bos_removed``;
+  ``get_tokens_with_bos_removed``, ``get_tokenizer_with_bos``;
 - prompts: ``test_prompt``, ``sample_logits``;
 - data (needs ``datasets``): ``tokenize_and_concatenate``, ``keep_single_column``, ``get_dataset``;
 - environment: ``get_device``, ``print_gpu_mem``, ``is_library_available``, ``select_compatible_kwargs``,
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from lens.factored_matrix import FactoredMatrix  # noqa: F401  (transformer_lens.utils exposes it too)
 from lens.names import get_act_name
 from lens.utilities.activations import ACTIVATION_FN_DICT, XIELU, gelu_fast, gelu_new, gelu_pytorch_tanh, solu, xielu
 from lens.utilities.data import get_dataset, keep_single_column, tokenize_and_concatenate
@@ -78,6 +79,7 @@ from lens.utilities.tokens import (
     get_attention_mask,
     get_input_with_manually_prepended_bos,
     get_offset_position_ids,
+    get_tokenizer_with_bos,
     get_tokens_with_bos_removed,
 )
 
@@ -86,7 +88,8 @@ __all__ = [
     "SliceInput", "calc_fan_in_and_fan_out", "check_structure", "clear_huggingface_cache", "composition_scores",
     "download_file_from_hf", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "get_act_name", "get_attention_mask",
     "get_corner", "get_cumsum_along_dim", "get_dataset", "get_device", "get_input_with_manually_prepended_bos",
-    "get_nested_attr", "get_offset_position_ids", "get_tokens_with_bos_removed", "init_kaiming_normal_",
+    "get_nested_attr", "get_offset_position_ids", "get_tokenizer_with_bos", "get_tokens_with_bos_removed",
+    "init_kaiming_normal_",
     "init_kaiming_uniform_", "init_xavier_normal_", "init_xavier_uniform_", "is_library_available",
     "is_lower_triangular", "is_square", "keep_freed_memory", "keep_single_column", "lm_accuracy",
     "lm_cross_entropy_loss", "override_or_use_default_value", "print_gpu_mem", "remove_batch_dim",

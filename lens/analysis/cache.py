@@ -9,6 +9,8 @@ analysis of :mod:`lens.analysis.residual` (``decompose_resid``, ``stack_head_res
 True
 >>> cache["resid_pre", -1]                      # negative layers count from the end
 >>> cache["scale", 2, "ln1"]                    # blocks.2.ln1.hook_scale
+>>> cache["scale2ln1"], cache["pattern0"]       # TransformerLens's string shorthand
+>>> cache.decompose_resid(pos_slice=(1, 4))     # pos_slice: a lens.utils.Slice input (tuple = slice(1, 4))
 """
 
 from __future__ import annotations

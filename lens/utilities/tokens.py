@@ -9,6 +9,8 @@ tensor([[0, 0, 1]])
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ __all__ = [
     "get_attention_mask",
     "get_input_with_manually_prepended_bos",
     "get_offset_position_ids",
+    "get_tokenizer_with_bos",
     "get_tokens_with_bos_removed",
 ]
 
@@ -128,3 +131,32 @@ def get_tokens_with_bos_removed(tokenizer: Any, tokens: Int[Tensor, "batch pos"]
         raise ValueError("a row has no BOS token to remove")
     keep = torch.arange(tokens.shape[-1], device=tokens.device)[None, :] != bos_at[:, None]
     return tokens[keep].view(tokens.shape[0], tokens.shape[1] - 1)
+
+
+def get_tokenizer_with_bos(tokenizer: Any) -> Any:
+    """A ``transformers`` tokenizer that adds BOS itself (``add_bos_token=True``), as TransformerLens keeps one
+    for tokenizers (e.g. Llama's) whose tokenization changes when BOS is added by the tokenizer.
+
+    Returns ``tokenizer`` when it already adds BOS, or is a lens Tokenizer (``to_tokens(prepend_bos=...)``
+    adds BOS there); otherwise reloads it by its ``name_or_path`` with ``add_bos_token=True`` (a local
+    directory, or the Hub with ``HF_TOKEN``).
+
+    >>> get_tokenizer_with_bos(AutoTokenizer.from_pretrained("/models/llama")).add_bos_token   # doctest: +SKIP
+    True
+    """
+    init_kwargs = getattr(tokenizer, "init_kwargs", None)
+    if init_kwargs is None:  # not a transformers tokenizer
+        return tokenizer
+    init_kwargs = copy.deepcopy(init_kwargs)
+    path = init_kwargs.pop("name_or_path", None) or getattr(tokenizer, "name_or_path", None)
+    add_bos = init_kwargs.pop("add_bos_token", None)
+    if add_bos is None:
+        add_bos = getattr(tokenizer, "add_bos_token", False)
+    if add_bos:
+        return tokenizer
+    if not path:
+        raise ValueError("this tokenizer has no name_or_path to reload it with add_bos_token=True")
+    from transformers import AutoTokenizer
+
+    token = os.environ.get("HF_TOKEN") or None
+    return AutoTokenizer.from_pretrained(path, add_bos_token=True, token=token, **init_kwargs)

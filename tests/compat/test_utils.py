@@ -76,7 +76,7 @@ def test_public_names():
         "composition_scores get_attention_mask sample_logits download_file_from_hf print_gpu_mem "
         "override_or_use_default_value get_cumsum_along_dim keep_single_column LocallyOverridenDefaults "
         "is_library_available select_compatible_kwargs get_act_name get_dataset clear_huggingface_cache "
-        "warn_if_mps USE_DEFAULT_VALUE CACHE_DIR"
+        "warn_if_mps USE_DEFAULT_VALUE CACHE_DIR get_tokenizer_with_bos"
     ).split():
         assert hasattr(utils, name), name
         assert name in utils.__all__, name
@@ -474,6 +474,23 @@ def test_tokenize_and_concatenate(kind, add_bos):
     assert utils.keep_single_column(dataset, "meta").column_names == ["meta"]
 
 
+def _saved_hf_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="an HF tokenizer is built with transformers")
+    _hf_tokenizer().save_pretrained(tmp_path / "tok")
+    return transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_get_tokenizer_with_bos(tmp_path):
+    lens_tok = Tokenizer.byte_level()
+    assert utils.get_tokenizer_with_bos(lens_tok) is lens_tok
+    tok = _saved_hf_tokenizer(tmp_path)
+    with_bos = utils.get_tokenizer_with_bos(tok)
+    assert with_bos is not tok and with_bos.init_kwargs["add_bos_token"] is True
+    ids = with_bos.encode("w1")  # transformers 5 adds the BOS then; 4.x keeps the flag only for some classes
+    assert (ids[1:] if ids[:1] == [tok.bos_token_id] else ids) == tok.encode("w1")
+    assert utils.get_tokenizer_with_bos(with_bos) is with_bos
+
+
 # -- TransformerLens as the oracle -------------------------------------------------------------------------
 @pytest.mark.parametrize("given, _", SLICES, ids=lambda v: repr(v) if not callable(v) else "")
 def test_slice_matches_transformer_lens(given, _):
@@ -641,6 +658,14 @@ def test_test_prompt_prints_what_transformer_lens_prints(capsys):
         theirs = capsys.readouterr().out
         utils.test_prompt("John and Mary went to the store , John gave a drink to", answer, model, **kwargs)
         assert capsys.readouterr().out == theirs, (answer, kwargs)
+
+
+def test_get_tokenizer_with_bos_matches_transformer_lens(tmp_path):
+    tlu = tl_utils()
+    tok = _saved_hf_tokenizer(tmp_path)
+    ours, theirs = utils.get_tokenizer_with_bos(tok), tlu.get_tokenizer_with_bos(tok)
+    assert type(ours) is type(theirs) and ours.init_kwargs == theirs.init_kwargs
+    assert ours.encode("w1 w2") == theirs.encode("w1 w2")
 
 
 def test_tokenize_and_concatenate_matches_transformer_lens():
