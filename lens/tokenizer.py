@@ -177,9 +177,12 @@ class Tokenizer(HFTokenizerMixin):
             found[kind] = values if token_id is None else [token_id, *values]
         bos, eos, pad = found["bos"], found["eos"], found["pad"]
         tok = cls(backend, bos_token_id=(bos or [None])[0], eos_token_ids=eos, pad_token_id=(pad or [None])[0])
-        unk = read_json("tokenizer_config.json").get("unk_token")
+        config = read_json("tokenizer_config.json")  # what transformers' AutoTokenizer would also read
+        unk = config.get("unk_token")
         unk = unk.get("content") if isinstance(unk, dict) else unk
         tok._unk = backend.token_to_id(unk) if isinstance(unk, str) else None
+        if isinstance(config.get("model_max_length"), int):
+            tok.model_max_length = config["model_max_length"]
         return tok
 
     @property
@@ -266,8 +269,8 @@ class Tokenizer(HFTokenizerMixin):
     ) -> str:
         """Text of a sequence of ids (or of one id); BOS/EOS/PAD (and backend special tokens) dropped if asked.
 
-        ``clean_up_tokenization_spaces`` (default: the attribute, False unless taken from a Hugging Face
-        tokenizer) removes spaces before punctuation as Hugging Face does.
+        ``clean_up_tokenization_spaces=True`` (default: the attribute, False) removes spaces before punctuation
+        as Hugging Face's ``clean_up_tokenization`` does.
 
         >>> Tokenizer.byte_level().decode([256, 104, 105], skip_special_tokens=True)
         'hi'

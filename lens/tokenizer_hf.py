@@ -74,7 +74,7 @@ class HFTokenizerMixin:
     _padding_side: str = "right"
     _truncation_side: str = "right"
     model_max_length: int = VERY_LARGE_INTEGER
-    clean_up_tokenization_spaces: bool = False
+    clean_up_tokenization_spaces: bool = False  # never taken from a config: transformers 4.x and 5.x disagree on BPE
     name_or_path: str = ""
 
     # -- construction from transformers -------------------------------------------------------------
@@ -107,7 +107,6 @@ class HFTokenizerMixin:
         tok.padding_side = getattr(hf_tokenizer, "padding_side", "right")
         tok.truncation_side = getattr(hf_tokenizer, "truncation_side", "right")
         tok.model_max_length = int(getattr(hf_tokenizer, "model_max_length", VERY_LARGE_INTEGER))
-        tok.clean_up_tokenization_spaces = bool(getattr(hf_tokenizer, "clean_up_tokenization_spaces", False))
         tok.name_or_path = str(getattr(hf_tokenizer, "name_or_path", ""))
         return tok
 

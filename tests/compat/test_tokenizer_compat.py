@@ -248,3 +248,23 @@ def test_model_tokenizer_calls_match_transformer_lens(tmp_path):
     assert as_lists(batch) == as_lists(batch_tl)
     model.tokenizer.padding_side = tl_model.tokenizer.padding_side = "left"  # a notebook's way to pad left
     assert torch.equal(model.to_tokens(texts), tl_model.to_tokens(texts))
+
+
+def test_from_directory_reads_what_auto_tokenizer_reads(tmp_path):
+    path = build("llama", tmp_path)
+    names = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    saved = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(path), clean_up_tokenization_spaces=True, model_max_length=6, **names
+    )
+    saved.save_pretrained(tmp_path / "saved")
+    tok, hf = (
+        Tokenizer.from_directory(tmp_path / "saved"),
+        transformers.AutoTokenizer.from_pretrained(tmp_path / "saved"),
+    )
+    assert (tok.unk_token, tok.unk_token_id, tok.model_max_length) == (hf.unk_token, hf.unk_token_id, 6)
+    ids = hf.encode("a , b . When Mary went")  # clean-up only when asked (transformers 5 ignores the config for BPE)
+    assert tok.decode(ids) == hf.decode(ids, clean_up_tokenization_spaces=False)
+    cleaned = tok.decode(ids, clean_up_tokenization_spaces=True)
+    assert cleaned == hf.clean_up_tokenization(tok.decode(ids)) != tok.decode(ids)
+    assert tok.encode("a , b . When Mary went", truncation=True) == hf.encode("a , b . When Mary went", truncation=True)
+    assert tok.convert_tokens_to_ids("no-such-token") == hf.convert_tokens_to_ids("no-such-token") == hf.unk_token_id
