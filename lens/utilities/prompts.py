@@ -31,7 +31,7 @@ def lm_accuracy(
 
     ``per_token=True`` returns the ``[batch, pos - 1]`` booleans; otherwise their mean.
 
-    >>> lm_accuracy(torch.eye(3)[None], torch.tensor([[0, 1, 2]]))
+    >>> lm_accuracy(torch.eye(3).roll(1, dims=-1)[None], torch.tensor([[0, 1, 2]]))  # position i predicts i + 1
     tensor(1.)
     """
     if logits.ndim != 3 or tokens.shape != logits.shape[:2]:

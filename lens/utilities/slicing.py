@@ -14,7 +14,8 @@ position" as ``[batch, d_model]``. A :class:`Slice` is built from any :data:`Sli
 torch.Size([2, 3])
 >>> Slice((1, 4)).apply(torch.arange(6))
 tensor([1, 2, 3])
->>> Slice([0, 2]).indices()   # doctest: +SKIP  (arrays need max_ctx)
+>>> Slice((-2, None)).indices(5)   # the indices it selects in an axis of length 5
+array([3, 4])
 """
 
 from __future__ import annotations
