@@ -462,6 +462,19 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         bwd = [(n, functools.partial(save, suffix="_grad")) for n in names] if incl_bwd else []
         return cache, fwd, bwd
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, but a non-float tensor for a float parameter or buffer raises ValueError
+        naming it before anything is copied (torch would convert it silently: a quantised or corrupt checkpoint)."""
+        own = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        for name, value in state_dict.items() if hasattr(state_dict, "items") else ():
+            target = own.get(name)
+            if isinstance(value, torch.Tensor) and target is not None and target.is_floating_point():
+                if not value.is_floating_point():
+                    raise ValueError(
+                        f"state_dict tensor {name!r} has dtype {value.dtype}, but {name} is {target.dtype}"
+                    )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def clear_activation_pool(self) -> None:
         """Release the memory ``run_with_cache`` keeps for reuse (see :mod:`lens.activation_pool`)."""
         pool = self.__dict__.get("_activation_pool")

@@ -106,6 +106,20 @@ def test_integer_weight_of_a_model_object_is_named(dtype):
         assert "h.1.attn.c_attn.weight" in str(info.value)
 
 
+def test_integer_tensor_in_load_state_dict_is_named():
+    model = tiny_model("gpt2")
+    sd = model.state_dict()
+    before = {k: v.clone() for k, v in sd.items()}
+    name = "blocks.0.attn.qkv_weight"
+    bad = {**sd, name: (sd[name] * 100).to(torch.int16)}
+    with pytest.raises(ValueError, match="torch.int16") as info:
+        model.load_state_dict(bad)
+    assert repr(name) in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing copied
+    model.load_state_dict({k: v * 2 for k, v in before.items()})  # float tensors still load
+    assert torch.equal(model.state_dict()[name], before[name] * 2)
+
+
 # -- the activation pool's contract ------------------------------------------------------------------------------
 def test_pool_contract_a_kept_tensor_is_safe_a_bare_storage_is_not():
     """run_with_cache's docstring: a buffer is recycled only when no tensor, view or NumPy array of it is
