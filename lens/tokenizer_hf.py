@@ -205,6 +205,15 @@ class HFTokenizerMixin:
             return self._backend.get_vocab(with_added_tokens=True)
         return {self._byte_token(i): i for i in range(self._vocab_size)}
 
+    @property
+    def vocab(self) -> dict[str, int]:
+        """Hugging Face's ``tokenizer.vocab``: :meth:`get_vocab`."""
+        return self.get_vocab()
+
+    @property
+    def is_fast(self) -> bool:
+        return True
+
     def _id_of(self, token: str) -> int | None:
         if self._backend is not None:
             return self._backend.token_to_id(token)

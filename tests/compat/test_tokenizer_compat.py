@@ -69,7 +69,7 @@ def test_attributes(pair):
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "pad_token", "bos_token", "eos_token", "vocab_size"):
         assert getattr(tok, name) == getattr(hf, name), name
     assert len(tok) == len(hf) and tok.vocab_size < len(tok)
-    assert tok.get_vocab() == hf.get_vocab()
+    assert tok.get_vocab() == hf.get_vocab() == tok.vocab == hf.vocab
     assert tok.padding_side == hf.padding_side == "right"
     assert set(tok.all_special_ids) == set(hf.all_special_ids)
 
