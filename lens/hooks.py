@@ -38,6 +38,7 @@ from lens.activation_pool import ActivationPool
 from lens.hook_cache import HookCache
 from lens.hook_management import HookManagementMixin
 from lens.names import unknown_hook_error
+from lens.utilities.slicing import Slice
 
 HookFn = Callable[..., Any]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -279,6 +280,11 @@ class HookPoint(nn.Module):
         return x
 
 
+# [batch, head, query_pos, key_pos] activations: pos_slice selects query positions (dim -2); every other
+# activation has its position dimension right after the batch dimension
+_QUERY_POS = ("hook_pattern", "hook_attn_scores")
+
+
 def _fn_name(fn: HookFn) -> str:
     """A hook function's name for error messages (``functools.partial`` unwrapped)."""
     while isinstance(fn, functools.partial):
@@ -426,9 +432,15 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
         cache: dict[str, torch.Tensor] | None = None,
+        pos_slice: Any = None,
         pool: ActivationPool | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[HookSpec], list[HookSpec]]:
         """Hooks that store activations (and gradients as ``name + "_grad"``) into a dict.
+
+        ``pos_slice`` (TransformerLens's argument: a :class:`lens.utils.Slice` or what it accepts, e.g. ``-1``
+        or ``(0, 5)``) keeps only those positions of each activation (the dimension after batch; the query
+        positions of patterns and scores). A plain int keeps the dimension (``-1`` -> length 1), a
+        ``Slice(-1)`` drops it, as in TransformerLens.
 
         With a ``pool`` (see :mod:`lens.activation_pool`) each activation is stored as a copy taken when
         its hook fired, on every device (CPU copies land in recycled memory); an activation seen by several
@@ -438,6 +450,11 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         cache = {} if cache is None else cache
         keep = self.names_filter_fn(names_filter)
         copies: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+        if isinstance(pos_slice, int) and not isinstance(pos_slice, bool):
+            pos_slice = [pos_slice]  # as TransformerLens: a plain int keeps the position dimension (a Slice drops it)
+        pos = None if pos_slice is None else Slice(pos_slice)  # checked here, before any forward
+        if pos is not None and pos.mode == "identity":
+            pos = None
 
         def pooled(tensor: torch.Tensor) -> torch.Tensor:
             seen = copies.get(id(tensor))
@@ -454,6 +471,10 @@ class HookedRootModule(HookManagementMixin, nn.Module):
             moved = t.to(device) if device is not None else t
             if moved is t and pool is not None:  # not moved (a move is a copy already): copy through the pool
                 moved = pooled(tensor)[0] if remove_batch_dim else pooled(tensor)
+            if pos is not None:
+                dim = -2 if hook.name.endswith(_QUERY_POS) else (0 if remove_batch_dim else 1)
+                if moved.ndim >= (2 if dim else 1):  # activations with a position dimension
+                    moved = pos.apply(moved, dim)
             cache[hook.name + suffix] = moved
 
         save.read_only = True  # lets components keep fused kernels (see HookPoint.may_edit)
@@ -490,9 +511,14 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         incl_bwd: bool = False,
         reset_hooks_end: bool = True,
         reuse_memory: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
         **kwargs: Any,
     ) -> tuple[Any, Any]:
         """Run the forward and return ``(output, cache)`` of the selected activations.
+
+        ``pos_slice``: keep only these positions of each activation (see :meth:`get_caching_hooks`);
+        ``clear_contexts=True`` empties every hook point's ``ctx`` first (as :meth:`run_with_hooks`).
 
         The cache is ``self.cache_class`` (:class:`lens.hook_cache.HookCache`; a transformer's is
         :class:`lens.ActivationCache`).
@@ -530,7 +556,12 @@ class HookedRootModule(HookManagementMixin, nn.Module):
             if pool is None:  # setdefault: two threads starting at once share one pool
                 pool = self.__dict__.setdefault("_activation_pool", ActivationPool())
             pool.new_call()
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pool=pool)
+        store, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice, pool=pool
+        )
+        if clear_contexts:
+            for hp in self.hook_dict.values():
+                hp.clear_context()
         with self.hooks(fwd, bwd, reset_hooks_end):
             out = self(*args, **kwargs)
             if incl_bwd:

@@ -75,6 +75,8 @@ class TransformerBlock(nn.Module):
 
     def _attention(self, resid_pre: Tensor, ctx: AttentionContext) -> Tensor:
         cfg = self.cfg
+        if not (cfg.use_split_qkv_input or cfg.use_attn_in):
+            return self.attn(self._ln1(resid_pre), None, None, ctx)
         h, kv = cfg.n_heads, cfg.n_key_value_heads
         if cfg.ungroup_grouped_query_attention:  # one key/value input per query head (TransformerLens)
             kv = h
@@ -84,12 +86,10 @@ class TransformerBlock(nn.Module):
             k_in = self.hook_k_input(per_head.expand(-1, -1, kv, -1).clone())
             v_in = self.hook_v_input(per_head.expand(-1, -1, kv, -1).clone())
             return self.attn(self._ln1(q_in), self._ln1(k_in), self._ln1(v_in), ctx)
-        if cfg.use_attn_in:
-            attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).expand(-1, -1, h, -1).clone())
-            x = self._ln1(attn_in)
-            kv_in = x[:, :, :: h // kv]
-            return self.attn(x, kv_in, kv_in, ctx)
-        return self.attn(self._ln1(resid_pre), None, None, ctx)
+        attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).expand(-1, -1, h, -1).clone())  # use_attn_in
+        x = self._ln1(attn_in)
+        kv_in = x[:, :, :: h // kv]
+        return self.attn(x, kv_in, kv_in, ctx)
 
     def forward(
         self, resid_pre: Float[Tensor, "batch pos d_model"], ctx: AttentionContext

@@ -221,3 +221,33 @@ def test_same_calls_same_observations_as_transformer_lens():
             torch.testing.assert_close(lens_item, tl_item, atol=1e-4, rtol=1e-4)
         else:
             assert lens_item == tl_item
+
+
+@pytest.mark.parametrize("pos_slice", [-1, (1, 4), [0, 2]])
+def test_run_with_cache_pos_slice_keeps_those_positions(pos_slice):
+    model = tiny_model("llama", use_attn_result=True, use_split_qkv_input=True)
+    _, full = model.run_with_cache(TOKENS)
+    _, part = model.run_with_cache(TOKENS, pos_slice=pos_slice)
+    index = {-1: [-1], (1, 4): slice(1, 4)}.get(pos_slice if not isinstance(pos_slice, list) else None, pos_slice)
+    assert set(part.keys()) == set(full.keys())
+    for name in full.keys():
+        t = full[name]
+        query_pos = name.endswith(("hook_pattern", "hook_attn_scores"))
+        want = t[..., index, :] if query_pos else t[:, index]
+        torch.testing.assert_close(part[name], want, atol=0, rtol=0, msg=name)
+    with pytest.raises(ValueError, match="Invalid input_slice"):
+        model.run_with_cache(TOKENS, pos_slice="last")
+    _, dropped = model.run_with_cache(TOKENS, names_filter="hook_embed", pos_slice=lens.utils.Slice(-1))
+    torch.testing.assert_close(dropped["hook_embed"], full["hook_embed"][:, -1])  # a Slice(int) drops the dim
+
+
+def test_pos_slice_matches_transformer_lens():
+    pytest.importorskip("transformer_lens", reason="TransformerLens is an optional oracle (install it to compare)")
+    from tests.compat._tl import tl_and_lens_gpt2, tokens_for
+
+    tl_model, model = tl_and_lens_gpt2()
+    tokens = tokens_for(model)
+    _, tl_cache = tl_model.run_with_cache(tokens, pos_slice=-1)
+    _, cache = model.run_with_cache(tokens, pos_slice=-1)
+    for name in cache.keys():
+        torch.testing.assert_close(cache[name], tl_cache[name], atol=1e-4, rtol=1e-4, msg=name)
