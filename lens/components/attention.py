@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lens.components.hook_flags import stale_flag_error
 from lens.components.linear import input_major, linear
 from lens.components.masking import AttentionContext
 from lens.components.rotary import apply_rotary
@@ -188,6 +189,8 @@ class Attention(nn.Module):
         z = self.hook_z(z.transpose(1, 2))  # [b, pos, head, dh]
 
         if cfg.use_attn_result:
+            if "hook_result" not in self._modules:
+                raise stale_flag_error("use_attn_result")
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h k, h k d -> b p h d"))
             out = result.sum(dim=2)
             return out if self.o_bias is None else out + self.o_bias

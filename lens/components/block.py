@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lens.components.attention import Attention
+from lens.components.hook_flags import stale_flag_error
 from lens.components.masking import AttentionContext
 from lens.components.mlp import MLP
 from lens.components.norm import make_norm
@@ -81,11 +82,15 @@ class TransformerBlock(nn.Module):
         if cfg.ungroup_grouped_query_attention:  # one key/value input per query head (TransformerLens)
             kv = h
         if cfg.use_split_qkv_input:
+            if "hook_q_input" not in self._modules:
+                raise stale_flag_error("use_split_qkv_input")
             per_head = resid_pre.unsqueeze(2)
             q_in = self.hook_q_input(per_head.expand(-1, -1, h, -1).clone())
             k_in = self.hook_k_input(per_head.expand(-1, -1, kv, -1).clone())
             v_in = self.hook_v_input(per_head.expand(-1, -1, kv, -1).clone())
             return self.attn(self._ln1(q_in), self._ln1(k_in), self._ln1(v_in), ctx)
+        if "hook_attn_in" not in self._modules:
+            raise stale_flag_error("use_attn_in")
         attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).expand(-1, -1, h, -1).clone())  # use_attn_in
         x = self._ln1(attn_in)
         kv_in = x[:, :, :: h // kv]

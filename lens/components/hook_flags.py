@@ -22,6 +22,16 @@ from typing import Any
 from lens.hooks import HookPoint
 
 
+def stale_flag_error(flag: str) -> ValueError:
+    """The error a component raises when ``cfg.<flag>`` is on but its hook points were never created: the flag
+    was assigned directly on a built model's config instead of through the setter."""
+    setter = "set_" + flag if flag.startswith("use_") else f"set_{flag}"
+    return ValueError(
+        f"cfg.{flag} is True but this model was built without its hook points; after construction, "
+        f"call model.{setter}(True) instead of assigning cfg.{flag}"
+    )
+
+
 class HookFlagsMixin:
     """``set_use_attn_result``, ``set_use_split_qkv_input``, ``set_use_hook_mlp_in``, ``set_use_attn_in``,
     ``set_use_hook_tokens`` and ``set_ungroup_grouped_query_attention`` for a model with ``cfg``, ``blocks``

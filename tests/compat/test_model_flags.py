@@ -226,3 +226,14 @@ def test_setters_match_transformer_lens():
         torch.testing.assert_close(residual, tl_residual, atol=1e-5, rtol=1e-5)
         assert torch.equal(toks, tl_toks) and short is None and tl_short is None and mask is None and tl_mask is None
         torch.testing.assert_close(model(tokens), tl_model(tokens), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("flag", ["use_attn_result", "use_split_qkv_input", "use_attn_in"])
+def test_flag_assigned_on_the_config_of_a_built_model_names_the_setter(flag):
+    model = tiny_model("gpt2")
+    setattr(model.cfg, flag, True)  # TransformerLens-era habit; lens builds hook points at construction
+    with pytest.raises(ValueError, match=f"call model.set_{flag}\\(True\\)"):
+        model(TOKENS)
+    setattr(model.cfg, flag, False)
+    getattr(model, f"set_{flag}")(True)
+    torch.testing.assert_close(model(TOKENS), tiny_model("gpt2")(TOKENS), atol=1e-5, rtol=1e-5)
