@@ -127,3 +127,32 @@ def test_read_only_hooks_get_the_activation_itself():
     with torch.no_grad():
         _, cache_ng = model.run_with_cache(TOKENS, names_filter="blocks.0.attn.hook_pattern")
     torch.testing.assert_close(cache["pattern", 0], cache_ng["pattern", 0])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_inplace_edits_with_grad_match_transformer_lens(family):
+    pytest.importorskip("transformer_lens", reason="TransformerLens is an optional oracle (install it to compare)")
+    from tests.compat._tl import tl_and_lens, tokens_for
+
+    tl_model, model = tl_and_lens(family)
+    tokens = tokens_for(model)
+
+    def ablate(value, hook):
+        value[:, :, 1, :] = 0.0
+        return value
+
+    def scale_pattern(pattern, hook):
+        pattern[:, 0] *= 0.5
+
+    hooks = [("blocks.0.attn.hook_v", ablate), ("blocks.1.attn.hook_pattern", scale_pattern)]
+    results = []
+    for m in (tl_model, model):
+        m.zero_grad(set_to_none=True)
+        loss = m.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks)
+        loss.backward()
+        results.append((loss.detach(), m.blocks[0].ln1.w.grad.clone()))  # upstream of both edits
+        m.zero_grad(set_to_none=True)
+    (tl_loss, tl_grad), (loss, grad) = results
+    torch.testing.assert_close(loss, tl_loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grad, tl_grad, atol=1e-5, rtol=1e-4)
+    assert abs(float(loss - model(tokens, return_type="loss").detach())) > 1e-4  # the edits changed the loss
