@@ -378,12 +378,14 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         fwd_hooks: Sequence[HookSpec] = (),
         bwd_hooks: Sequence[HookSpec] = (),
         reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
     ) -> Iterator[HookedRootModule]:
         """Context manager: hooks are attached on entry and removed on exit (also on error).
 
         The hooks belong to the calling thread: forwards run by other threads meanwhile do not see them
         (and ``has_hooks`` there stays False), so one model can serve several threads at once.
         With ``reset_hooks_end=False`` they stay attached, still only for this thread.
+        ``clear_contexts=True`` also empties every hook point's ``ctx`` when the hooks are removed (TransformerLens).
 
         >>> with model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: x * 0)]):
         ...     logits = model(tokens)
@@ -403,6 +405,8 @@ class HookedRootModule(HookManagementMixin, nn.Module):
             if reset_hooks_end:
                 for h in handles:
                     h.remove()
+                if clear_contexts:
+                    self.clear_contexts()
 
     def run_with_hooks(
         self,

@@ -251,3 +251,16 @@ def test_pos_slice_matches_transformer_lens():
     _, cache = model.run_with_cache(tokens, pos_slice=-1)
     for name in cache.keys():
         torch.testing.assert_close(cache[name], tl_cache[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_hooks_context_clear_contexts(model):
+    def remember(x, hook):
+        hook.ctx["seen"] = True
+
+    with model.hooks(fwd_hooks=[("hook_embed", remember)]):
+        model(TOKENS)
+    assert model.hook_dict["hook_embed"].ctx == {"seen": True}  # kept by default
+    with model.hooks(fwd_hooks=[("hook_embed", remember)], clear_contexts=True):
+        model(TOKENS)
+        assert model.hook_dict["hook_embed"].ctx == {"seen": True}
+    assert model.hook_dict["hook_embed"].ctx == {}
