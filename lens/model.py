@@ -31,6 +31,7 @@ from lens.components.hook_flags import HookFlagsMixin
 from lens.config import TransformerConfig
 from lens.generation import GenerationConfig
 from lens.hooks import HookedRootModule, HookPoint
+from lens.tl_methods import TransformerLensMethodsMixin
 from lens.tokenizer import Tokenizer, TokenizerMixin
 from lens.utils import lm_cross_entropy_loss
 from lens.weights import WeightsMixin
@@ -38,7 +39,7 @@ from lens.weights import WeightsMixin
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, WeightsMixin):
+class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, WeightsMixin, TransformerLensMethodsMixin):
     """A hooked decoder-only transformer described by a :class:`TransformerConfig`.
 
     Args:
@@ -324,9 +325,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         padding_side: str | None = None,
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         past_kv_cache: Any = None,
-    ) -> tuple[
-        Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], None, Int[Tensor, "batch k"] | None
-    ]:
+    ) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], None, Int[Tensor, "batch k"] | None]:
         """The residual stream entering block 0, as TransformerLens: ``(residual, tokens, None, attention_mask)``.
 
         The forward's own first steps (input checks, :meth:`make_context`, ``hook_tokens``, :meth:`embed_tokens`),

@@ -17,7 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent / "lens"
 LAYERS: list[tuple[str, ...]] = [
     ("lens.config", "lens.names", "lens.utils", "lens.utilities", "lens.activation_pool", "lens.factored_matrix"),
     ("lens.hooks", "lens.hook_cache", "lens.hook_management"),
-    ("lens.components", "lens.families", "lens.tokenizer", "lens.tokenizer_hf", "lens.weights", "lens.processing"),
+    (
+        "lens.components",
+        "lens.families",
+        "lens.tokenizer",
+        "lens.tokenizer_hf",
+        "lens.weights",
+        "lens.processing",
+        "lens.tl_methods",
+    ),
     ("lens.analysis",),
     ("lens.generation",),
     ("lens.loading",),

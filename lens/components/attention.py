@@ -35,6 +35,7 @@ from lens.components.linear import input_major, linear
 from lens.components.masking import AttentionContext
 from lens.components.rotary import apply_rotary
 from lens.config import TransformerConfig
+from lens.factored_matrix import FactoredMatrix
 from lens.hooks import HookPoint
 
 
@@ -126,6 +127,19 @@ class Attention(nn.Module):
         if self.o_bias is None:
             return torch.zeros(self.cfg.d_model, dtype=self.o_weight.dtype, device=self.o_weight.device)
         return self.o_bias
+
+    def _per_query_head(self, t: Tensor) -> Tensor:
+        return t if self.n_rep == 1 else t.repeat_interleave(self.n_rep, dim=0)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """``W_Q @ W_K^T`` per query head, ``[head, d_model, d_model]`` (key heads repeated for GQA)."""
+        return FactoredMatrix(self.W_Q, self._per_query_head(self.W_K).transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """``W_V @ W_O`` per query head, ``[head, d_model, d_model]``: residual in -> residual out."""
+        return FactoredMatrix(self._per_query_head(self.W_V), self.W_O)
 
     @property
     def explicit(self) -> bool:

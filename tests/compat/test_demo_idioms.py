@@ -611,7 +611,6 @@ def test_generate_from_tokens_returns_tokens(ns):
     assert torch.equal(out[0, prompt.shape[1] :], logits[0, prompt.shape[1] - 1 :].argmax(-1))  # greedy = argmax
 
 
-@pytest.mark.xfail(strict=True, reason="#12: per-layer model.blocks[i].attn.QK / .OV not yet in lens")
 def test_per_layer_attention_factored_circuits(ns):
     qk = oracle(lambda n: n.model.blocks[1].attn.QK.AB)
     torch.testing.assert_close(qk, ns.model.W_Q[1] @ ns.model.W_K[1].transpose(-1, -2))
