@@ -15,6 +15,7 @@ from lens.config import TransformerConfig
 from lens.factored_matrix import FactoredMatrix
 from lens.hooks import HookedRootModule, HookPoint
 from lens.model import HookedTransformer
+from lens.tl_config import HookedTransformerConfig
 from lens.tokenizer import Tokenizer
 from lens.tools import attribution, head_detectors, logit_lens, patching
 from lens.tools.patching import PatchingResult
@@ -27,6 +28,7 @@ __all__ = [
     "HookPoint",
     "HookedRootModule",
     "HookedTransformer",
+    "HookedTransformerConfig",
     "PatchingResult",
     "Tokenizer",
     "TransformerConfig",

@@ -44,11 +44,13 @@ from lens.config import DEFAULT_MAX_CONTEXT, TransformerConfig, resolve_dtype
 from lens.families import find_adapter
 from lens.families.base import Adapter, WeightSpec
 from lens.processing import ProcessingFlags, process_weights
+from lens.tl_methods import fill_missing_keys  # TransformerLens's loading function of that name
 from lens.tokenizer import Tokenizer
 
 __all__ = [
     "CheckpointReader",
     "apply_context",
+    "fill_missing_keys",
     "from_hf_model",
     "from_pretrained",
     "load_weights",

@@ -18,7 +18,7 @@ features, model_bridge) drops out of the count, as do the tests that need the ne
 How the lens run is translated: every ``transformer_lens`` in a test file becomes ``_tl2lens``, a package that
 :func:`install_shim` serves from this file: ``_tl2lens.X.name`` resolves to the lens module doing X's job
 (``utils`` -> ``lens.utils``, ``hook_points`` -> ``lens.hooks``, ...), ``HookedTransformerConfig(**kw)``
-builds a ``lens.TransformerConfig`` through :func:`translate_config` (TL field names to lens's), and a name
+builds a ``lens.TransformerConfig`` through ``lens.HookedTransformerConfig`` (TL field names to lens's), and a name
 lens lacks becomes a placeholder that raises :class:`LensMissing` only when a test uses it (so one missing
 name fails the tests that use it, not the whole file). ``transformer_lens`` itself cannot be imported then.
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import importlib
 import importlib.abc
 import importlib.util
@@ -131,10 +130,6 @@ class LensMissing(Exception):
     """A TransformerLens name a test used that lens does not have."""
 
 
-class ConfigUntranslatable(Exception):
-    """A HookedTransformerConfig field/value lens's TransformerConfig cannot express."""
-
-
 class _Missing:
     """Placeholder for a name lens lacks: fails with LensMissing the moment a test uses it."""
 
@@ -167,6 +162,8 @@ def _is_internal(tl_module: str, name: str) -> bool:
 def _resolve(tl_module: str, name: str):
     dotted = f"{tl_module}.{name}".strip(".")
     if name == "HookedTransformerConfig" and tl_module in ("", "HookedTransformerConfig"):
+        from lens.tl_config import HookedTransformerConfig
+
         return HookedTransformerConfig
     if tl_module == "" and name in MODULES and name not in TOP_CLASSES or name in INTERNAL and tl_module == "":
         return importlib.import_module(f"{SHIM}.{name}")
@@ -218,138 +215,8 @@ def install_shim() -> None:
     sys.modules[SHIM] = _Proxy("")
 
 
-# -- config translation ------------------------------------------------------------------------------------
-# TransformerLens 2.18 HookedTransformerConfig fields lens has no equivalent for, with the value that means
-# "off"; any other value raises ConfigUntranslatable.
-TL_OFF = {
-    "use_qk_norm": False,
-    "use_local_attn": False,
-    "original_architecture": None,
-    "from_checkpoint": False,
-    "checkpoint_index": None,
-    "checkpoint_label_type": None,
-    "checkpoint_value": None,
-    "n_devices": 1,
-    "attention_dir": "causal",
-    "scale_attn_by_inverse_layer_idx": False,
-    "final_rms": False,
-    "d_vocab_out": -1,
-    "n_params": None,
-    "tokenizer_prepends_bos": None,
-    "post_embedding_ln": False,
-    "rotary_base_local": None,
-    "trust_remote_code": False,
-    "rotary_adjacent_pairs": False,
-    "load_in_4bit": False,
-    "num_experts": None,
-    "experts_per_token": None,
-    "relative_attention_max_distance": None,
-    "relative_attention_num_buckets": None,
-    "decoder_start_token_id": None,
-    "use_normalization_before_and_after": False,
-    "attn_scores_soft_cap": -1.0,
-    "output_logits_soft_cap": -1.0,
-    "use_NTK_by_parts_rope": False,
-    "attn_types": None,
-    "ungroup_grouped_query_attention": False,
-    "use_hook_tokens": False,
-}
-# Fields that only steer TL's random init or bookkeeping: dropped whatever their value.
-TL_IGNORED = (
-    "seed",
-    "init_mode",
-    "initializer_range",
-    "init_weights",
-    "NTK_by_parts_low_freq_factor",
-    "NTK_by_parts_high_freq_factor",
-    "NTK_by_parts_factor",
-    "NTK_original_ctx_len",
-)
-NORMS = {"LN": "LN", "RMS": "RMS", None: None}
-POSITIONS = {"standard": "learned", "rotary": "rotary"}
-
-
-def translate_config(tl: dict) -> dict:
-    """HookedTransformerConfig keyword arguments -> lens.TransformerConfig keyword arguments.
-
-    >>> translate_config({"n_layers": 1, "d_model": 8, "n_ctx": 4, "d_head": 2, "d_vocab": 10,
-    ...                   "normalization_type": "RMS", "positional_embedding_type": "rotary"})["positional"]
-    'rotary'
-    """
-    from lens.config import TransformerConfig
-
-    lens_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
-    tl = dict(tl)
-    out: dict = {}
-    if tl.get("n_heads", -1) == -1 and "d_head" in tl:
-        tl["n_heads"] = tl["d_model"] // tl["d_head"]
-    if tl.get("d_vocab", -1) == -1:
-        raise ConfigUntranslatable("d_vocab=-1 (TL takes d_vocab from the tokenizer)")
-    if tl.get("d_vocab_out", -1) in (-1, tl["d_vocab"]):
-        tl.pop("d_vocab_out", None)
-    if tl.get("act_fn", "x") is None:
-        tl.pop("act_fn")
-    if "normalization_type" in tl:
-        norm = tl.pop("normalization_type")
-        if norm not in NORMS:
-            raise ConfigUntranslatable(f"normalization_type={norm!r}")
-        out["normalization"] = NORMS[norm]
-    if "positional_embedding_type" in tl:
-        pos = tl.pop("positional_embedding_type")
-        if pos not in POSITIONS:
-            raise ConfigUntranslatable(f"positional_embedding_type={pos!r}")
-        out["positional"] = POSITIONS[pos]
-    use_scale, scale = tl.pop("use_attn_scale", True), tl.pop("attn_scale", -1.0)
-    if not use_scale:
-        out["attn_scale"] = 1.0
-    elif scale != -1.0:
-        out["attn_scale"] = 1.0 / scale  # TL divides scores by attn_scale, lens multiplies
-    if tl.get("use_local_attn") and tl.get("attn_types") is not None and "window_layers" in lens_fields:
-        out["window_layers"] = tuple(i for i, t in enumerate(tl.pop("attn_types")) if t == "local")
-        tl.pop("use_local_attn")
-    if tl.get("use_NTK_by_parts_rope"):
-        tl.pop("use_NTK_by_parts_rope")
-        out["rope_scaling"] = {
-            "rope_type": "llama3",
-            "factor": tl.get("NTK_by_parts_factor", 8.0),
-            "low_freq_factor": tl.get("NTK_by_parts_low_freq_factor", 1.0),
-            "high_freq_factor": tl.get("NTK_by_parts_high_freq_factor", 4.0),
-            "original_max_position_embeddings": tl.get("NTK_original_ctx_len", 8192),
-        }
-    for key, value in tl.items():
-        if key in lens_fields:
-            out[key] = value
-        elif key in TL_IGNORED or (key in TL_OFF and value == TL_OFF[key]):
-            continue
-        else:
-            raise ConfigUntranslatable(f"{key}={value!r}")
-    return out
-
-
-class _ConfigMeta(type):
-    def __instancecheck__(cls, obj):
-        from lens.config import TransformerConfig
-
-        return isinstance(obj, TransformerConfig)
-
-
-class HookedTransformerConfig(metaclass=_ConfigMeta):
-    """Stands in for TL's config class: constructing it builds a ``lens.TransformerConfig``."""
-
-    def __new__(cls, *args, **kwargs):
-        if args:
-            raise ConfigUntranslatable("positional HookedTransformerConfig arguments")
-        from lens.config import TransformerConfig
-
-        return TransformerConfig(**translate_config(kwargs))
-
-    @classmethod
-    def unwrap(cls, config):
-        return cls(**config) if isinstance(config, dict) else config
-
-    @classmethod
-    def from_dict(cls, config_dict: dict):
-        return cls(**config_dict)
+# -- config translation: lens.HookedTransformerConfig (lens/tl_config.py) builds a lens.TransformerConfig from
+# TransformerLens's field names and raises ConfigUntranslatable (a ValueError) for what lens cannot express.
 
 
 # -- pytest plugin: one record per test --------------------------------------------------------------------

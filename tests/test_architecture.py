@@ -15,7 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent / "lens"
 
 # Lowest first. A module's layer is that of its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("lens.config", "lens.names", "lens.utils", "lens.utilities", "lens.activation_pool", "lens.factored_matrix"),
+    (
+        "lens.config",
+        "lens.tl_config",
+        "lens.names",
+        "lens.utils",
+        "lens.utilities",
+        "lens.activation_pool",
+        "lens.factored_matrix",
+    ),
     ("lens.hooks", "lens.hook_cache", "lens.hook_management"),
     (
         "lens.components",
