@@ -120,6 +120,9 @@ class _Handle:
         self.tensor_handles.clear()
 
 
+LensHandle = _Handle  # TransformerLens's name for a hook's removal handle (``transformer_lens.hook_points``)
+
+
 class HookPoint(nn.Module):
     """An identity module that calls the hook functions attached to it.
 

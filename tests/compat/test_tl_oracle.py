@@ -368,6 +368,7 @@ def public_names_lens_lacks() -> dict[str, list[str]]:
         "ActivationCache": _missing(tl_cache, cache),
         "FactoredMatrix": _missing(tl_model.OV, model.OV),
         "HookPoint": [n for n in _missing(tl_model.blocks[0].hook_resid_pre, model.blocks[0].hook_resid_pre)],
+        "transformer_lens": _missing(tl, lens),  # the package's top-level names
         "utils": [  # functions and classes TransformerLens's utils defines (not its imports)
             n
             for n in _missing(tl.utils, lens.utils)
