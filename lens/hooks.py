@@ -6,9 +6,10 @@ A :class:`HookPoint` is an identity module placed at each activation. Hook funct
 ``run_with_hooks``, ``run_with_cache``, ``hooks()``, ``add_hook`` and ``reset_hooks`` with
 TransformerLens's semantics. Hooks added for one call are always removed, even when the forward raises.
 
-HookPoint keeps its own hook lists instead of torch's module hooks: a forward with no hooks pays one
-attribute check per hook point, and components can ask ``hook.has_hooks`` to pick a fused fast path
-(e.g. ``scaled_dot_product_attention``) when nobody is watching.
+HookPoint keeps its own hook lists instead of torch's module hooks: a forward with no hooks pays a few
+attribute checks per hook point, and components can ask ``hook.has_hooks`` to pick a fused fast path
+(e.g. ``scaled_dot_product_attention``) when nobody is watching. PyTorch module hooks set on a HookPoint
+(or globally) still fire: the HookPoint is then called through ``nn.Module.__call__``.
 
 Threads: hooks added for one call (``run_with_hooks``, ``run_with_cache``, ``with model.hooks(...)``)
 belong to the thread that added them and fire only there, so one model can serve several threads at once
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from lens.activation_pool import ActivationPool
 from lens.hook_cache import HookCache
@@ -122,6 +124,23 @@ class _Handle:
 
 LensHandle = _Handle  # TransformerLens's name for a hook's removal handle (``transformer_lens.hook_points``)
 
+# torch's process-wide module hooks (``nn.modules.module.register_module_forward_hook`` & co.): dicts torch
+# mutates in place, read here so a HookPoint can take torch's call path when one is set. Where a torch
+# version lacks one, it counts as empty.
+_TORCH_GLOBAL_HOOKS = tuple(
+    getattr(_torch_module, name, {})
+    for name in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+)
+
+
+def _torch_global_hooks_set() -> bool:
+    return any(_TORCH_GLOBAL_HOOKS)
+
 
 class HookPoint(nn.Module):
     """An identity module that calls the hook functions attached to it.
@@ -152,9 +171,24 @@ class HookPoint(nn.Module):
     def has_hooks(self) -> bool:
         """True when a forward or backward hook fires here in the calling thread (components then skip fused
         paths); another thread's call hooks do not count."""
+        if self.torch_hooked:
+            return True
         if not (self._fwd or self._bwd):
             return False
         return any(h.live() for h in (*self._fwd, *self._bwd))
+
+    @property
+    def torch_hooked(self) -> bool:
+        """True when a PyTorch module hook (``register_forward_hook``, ``register_forward_pre_hook``, a full
+        backward hook, or a global module hook) is set on this HookPoint: it is then called through
+        ``nn.Module.__call__`` so those hooks fire around the lens hooks, as on any other module."""
+        return bool(
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or self._backward_hooks
+            or self._backward_pre_hooks
+            or _torch_global_hooks_set()
+        )
 
     @property
     def may_edit(self) -> bool:
@@ -163,8 +197,10 @@ class HookPoint(nn.Module):
         Components use this to keep a fused kernel while still reporting an intermediate value:
         a read-only hook sees the value but cannot change what the fused kernel computes.
         """
-        return any(h.live() for h in self._bwd) or any(
-            h.live() and not getattr(h.fn, "read_only", False) for h in self._fwd
+        return (
+            self.torch_hooked
+            or any(h.live() for h in self._bwd)
+            or any(h.live() and not getattr(h.fn, "read_only", False) for h in self._fwd)
         )
 
     @property
@@ -240,10 +276,18 @@ class HookPoint(nn.Module):
     def clear_context(self) -> None:
         self.ctx.clear()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - __call__ is overridden
-        return x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The lens hooks (what ``nn.Module.__call__`` runs when PyTorch module hooks are set here)."""
+        return self._lens_call(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
+            return nn.Module.__call__(self, x)
+        if _TORCH_GLOBAL_HOOKS[0] or _TORCH_GLOBAL_HOOKS[1] or _TORCH_GLOBAL_HOOKS[2] or _TORCH_GLOBAL_HOOKS[3]:
+            return nn.Module.__call__(self, x)
+        return self._lens_call(x)
+
+    def _lens_call(self, x: torch.Tensor) -> torch.Tensor:
         if self._fwd:  # the unhooked path is this one check (and the next)
             x = self._run_fwd(x)
         if self._bwd and x.requires_grad:

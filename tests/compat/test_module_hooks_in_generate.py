@@ -97,10 +97,22 @@ def _module_hook_cases(model, v):
         "forward_hook": lambda: model.blocks[0].register_forward_hook(fwd),
         "forward_pre_hook": lambda: model.blocks[1].register_forward_pre_hook(pre),
         "global_forward_hook": lambda: nn.modules.module.register_module_forward_hook(global_fwd),
+        # HookPoints are modules too: torch hooks on them fire (through nn.Module.__call__)
+        "hookpoint_forward_hook": lambda: model.blocks[0].hook_resid_post.register_forward_hook(fwd),
+        "hookpoint_forward_pre_hook": lambda: model.blocks[1].hook_resid_pre.register_forward_pre_hook(pre),
     }
 
 
-@pytest.mark.parametrize("kind", ["forward_hook", "forward_pre_hook", "global_forward_hook"])
+KINDS = [
+    "forward_hook",
+    "forward_pre_hook",
+    "global_forward_hook",
+    "hookpoint_forward_hook",
+    "hookpoint_forward_pre_hook",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("run", list(RUNS))
 def test_module_hook_changes_generation_as_it_changes_the_forward(model, run, kind):
     v = _vector(model)
