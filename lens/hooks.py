@@ -127,19 +127,14 @@ LensHandle = _Handle  # TransformerLens's name for a hook's removal handle (``tr
 # torch's process-wide module hooks (``nn.modules.module.register_module_forward_hook`` & co.): dicts torch
 # mutates in place, read here so a HookPoint can take torch's call path when one is set. Where a torch
 # version lacks one, it counts as empty.
-_TORCH_GLOBAL_HOOKS = tuple(
-    getattr(_torch_module, name, {})
-    for name in (
-        "_global_forward_hooks",
-        "_global_forward_pre_hooks",
-        "_global_backward_hooks",
-        "_global_backward_pre_hooks",
-    )
-)
+_G_FWD = getattr(_torch_module, "_global_forward_hooks", {})
+_G_PRE = getattr(_torch_module, "_global_forward_pre_hooks", {})
+_G_BWD = getattr(_torch_module, "_global_backward_hooks", {})
+_G_BWD_PRE = getattr(_torch_module, "_global_backward_pre_hooks", {})
 
 
 def _torch_global_hooks_set() -> bool:
-    return any(_TORCH_GLOBAL_HOOKS)
+    return bool(_G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE)
 
 
 class HookPoint(nn.Module):
@@ -283,7 +278,7 @@ class HookPoint(nn.Module):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
             return nn.Module.__call__(self, x)
-        if _TORCH_GLOBAL_HOOKS[0] or _TORCH_GLOBAL_HOOKS[1] or _TORCH_GLOBAL_HOOKS[2] or _TORCH_GLOBAL_HOOKS[3]:
+        if _G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE:
             return nn.Module.__call__(self, x)
         return self._lens_call(x)
 
