@@ -55,6 +55,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens.names import unknown_hook_error
+from lens.tools.patch_setters import (  # TransformerLens's per-site API, in this namespace as in its patching module
+    layer_head_dest_src_pos_pattern_patch_setter,
+    layer_head_pattern_patch_setter,
+    layer_head_pos_pattern_patch_setter,
+    layer_head_vector_patch_setter,
+    layer_pos_head_vector_patch_setter,
+    layer_pos_patch_setter,
+    make_df_from_ranges,
+    setter_activation_patch,
+)
 from lens.utils import get_act_name
 
 SPECS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -77,9 +87,19 @@ SPECS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "mlp_post_by_pos": ("post", ("layer", "pos", "neuron"), "each MLP neuron, by position"),
 }
 
-__all__ = ["DEFAULT_TOKENS_PER_BATCH", "PatchingResult", "generic_activation_patch"] + [
-    f"get_act_patch_{k}" for k in (*SPECS, "block_every", "attn_head_all_pos_every", "attn_head_by_pos_every")
-]
+__all__ = [
+    "DEFAULT_TOKENS_PER_BATCH",
+    "PatchingResult",
+    "generic_activation_patch",
+    "layer_head_dest_src_pos_pattern_patch_setter",
+    "layer_head_pattern_patch_setter",
+    "layer_head_pos_pattern_patch_setter",
+    "layer_head_vector_patch_setter",
+    "layer_pos_head_vector_patch_setter",
+    "layer_pos_patch_setter",
+    "make_df_from_ranges",
+    "setter_activation_patch",
+] + [f"get_act_patch_{k}" for k in (*SPECS, "block_every", "attn_head_all_pos_every", "attn_head_by_pos_every")]
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -467,9 +487,9 @@ def generic_activation_patch(
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: Any,
     patching_metric: Metric,
-    act_name: str | Sequence[str] = "resid_pre",
-    index_axis_names: str | Sequence[str] = ("layer", "pos"),
-    *,
+    act_name: str | Sequence[str] | Callable = "resid_pre",
+    *args: Any,
+    index_axis_names: str | Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
@@ -477,8 +497,13 @@ def generic_activation_patch(
     src_positions: Sequence[int] | None = None,
     batch_size: int | None = None,
     start_at_layer: bool = True,
+    **tl_kwargs: Any,
 ) -> PatchingResult:
     """Patch every site of an index space from ``clean_cache`` into the corrupted run; batched.
+
+    TransformerLens's call, with a patch setter (a callable fifth argument or ``patch_setter=``, then
+    ``activation_name``, ``index_axis_names``, ``index_df``, ``return_index_df``), runs one forward per site
+    with that setter and returns a tensor, as TransformerLens (:mod:`lens.tools.patch_setters`).
 
     Args:
         act_name: a short name patched at each of ``layers`` (``"resid_pre"``, ``"z"``, ``"pattern"``,
@@ -498,6 +523,17 @@ def generic_activation_patch(
     >>> res = generic_activation_patch(model, corrupted, clean_cache, metric, "z", ("layer", "pos", "head"))
     >>> res.values.shape        # [n_layers, pos, n_heads]
     """
+    if callable(act_name) or "patch_setter" in tl_kwargs:  # TransformerLens's convention: a patch setter
+        args = (act_name, *args) if callable(act_name) else args
+        if index_axis_names is not None:
+            tl_kwargs["index_axis_names"] = index_axis_names
+        tokens = check_tokens(model, corrupted_tokens)
+        return setter_activation_patch(model, tokens, clean_cache, patching_metric, *args, **tl_kwargs)
+    if tl_kwargs:
+        raise TypeError(f"generic_activation_patch() got an unexpected keyword argument {next(iter(tl_kwargs))!r}")
+    if len(args) > 1 or (args and index_axis_names is not None):
+        raise TypeError("generic_activation_patch() takes act_name and index_axis_names as positional arguments")
+    index_axis_names = args[0] if args else ("layer", "pos") if index_axis_names is None else index_axis_names
     tokens = check_tokens(model, corrupted_tokens)
     select = {"pos": positions, "head": heads, "neuron": neurons, "src_pos": src_positions}
     plan = make_plan(model, tokens, clean_cache, act_name, index_axis_names, layers, select)

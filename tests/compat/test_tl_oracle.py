@@ -369,6 +369,11 @@ def public_names_lens_lacks() -> dict[str, list[str]]:
         "FactoredMatrix": _missing(tl_model.OV, model.OV),
         "HookPoint": [n for n in _missing(tl_model.blocks[0].hook_resid_pre, model.blocks[0].hook_resid_pre)],
         "transformer_lens": _missing(tl, lens),  # the package's top-level names
+        "patching": [  # functions TransformerLens's patching module defines
+            n
+            for n in _missing(tl.patching, lens.patching)
+            if getattr(getattr(tl.patching, n), "__module__", "") == tl.patching.__name__
+        ],
         "utils": [  # functions and classes TransformerLens's utils defines (not its imports)
             n
             for n in _missing(tl.utils, lens.utils)
