@@ -166,11 +166,9 @@ class HookPoint(nn.Module):
     def has_hooks(self) -> bool:
         """True when a forward or backward hook fires here in the calling thread (components then skip fused
         paths); another thread's call hooks do not count."""
-        if self.torch_hooked:
+        if (self._fwd or self._bwd) and any(h.live() for h in (*self._fwd, *self._bwd)):
             return True
-        if not (self._fwd or self._bwd):
-            return False
-        return any(h.live() for h in (*self._fwd, *self._bwd))
+        return self.torch_hooked
 
     @property
     def torch_hooked(self) -> bool:
