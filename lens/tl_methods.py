@@ -17,6 +17,8 @@ unchanged after its imports are changed:
   ``fold_value_biases(state_dict)``, ``refactor_factored_attn_matrices(state_dict)``: TransformerLens's
   state-dict steps, on lens-format state dicts: the step applied to a scratch copy of the model holding
   ``state_dict`` (the model itself is unchanged), the processed state dict returned.
+- ``model.get_pos_offset(past_kv_cache, batch_size)`` and ``model.get_residual(embed, pos_offset, ...)``:
+  TransformerLens's first forward steps (the cache's offset; the embedding plus ``hook_pos_embed``).
 - ``model.fill_missing_keys(state_dict)``, ``model.to_single_str_token(i)``,
   ``model.all_composition_scores(mode)``, ``model.mps()``, ``model.move_model_modules_to_device()``.
 
@@ -36,7 +38,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lens.processing import ProcessingFlags, process_weights, untie_embeddings
-from lens.utils import composition_scores
+from lens.utils import composition_scores, get_offset_position_ids
 
 __all__ = ["TransformerLensMethodsMixin", "fill_missing_keys"]
 
@@ -227,6 +229,63 @@ class TransformerLensMethodsMixin:
     def fill_missing_keys(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """:func:`fill_missing_keys` for this model."""
         return fill_missing_keys(self, state_dict)
+
+    # -- TransformerLens's forward pieces ------------------------------------------------------------
+    def get_pos_offset(self, past_kv_cache: Any, batch_size: int) -> int:
+        """Positions already in ``past_kv_cache`` (0 without one); ``ValueError`` if its batch differs.
+
+        >>> model.get_pos_offset(cache, batch_size=1)           # after a 5-token prefill  # doctest: +SKIP
+        5
+        """
+        if past_kv_cache is None:
+            return 0
+        offset, batch = getattr(past_kv_cache, "offset", None), getattr(past_kv_cache, "batch", None)
+        if offset is None or batch is None:
+            raise TypeError(f"past_kv_cache must be a lens KVCache, got {type(past_kv_cache).__name__}")
+        if batch != batch_size:
+            raise ValueError(f"the KV cache holds batch={batch}, but batch_size={batch_size}")
+        return int(offset)
+
+    def get_residual(
+        self,
+        embed: Float[Tensor, "batch pos d_model"],
+        pos_offset: int,
+        prepend_bos: bool | None = None,
+        attention_mask: Tensor | None = None,
+        tokens: Tensor | None = None,
+        return_shortformer_pos_embed: bool = True,
+        device: Any = None,
+    ) -> Any:
+        """``embed`` plus the positional embedding of positions ``pos_offset...`` (through ``hook_pos_embed``).
+
+        As TransformerLens: with ``attention_mask`` (``[batch, pos_offset + pos]``, cached positions
+        included) positions count real tokens only and padding positions get no positional embedding;
+        rotary models return ``embed`` unchanged. Returns ``(residual, None)`` (no shortformer embedding
+        in lens) or, with ``return_shortformer_pos_embed=False``, the residual alone. ``prepend_bos``,
+        ``tokens`` and ``device`` are accepted for TransformerLens's signature and not needed.
+
+        >>> resid, _ = model.get_residual(model.hook_embed(model.embed(tokens)), 0)      # doctest: +SKIP
+        """
+        if not isinstance(embed, Tensor) or embed.ndim != 3 or embed.shape[-1] != self.cfg.d_model:
+            raise ValueError(
+                f"embed must be [batch, pos, d_model={self.cfg.d_model}], got {getattr(embed, 'shape', embed)}"
+            )
+        if isinstance(pos_offset, bool) or not isinstance(pos_offset, int) or pos_offset < 0:
+            raise ValueError(f"pos_offset must be an int >= 0, got {pos_offset!r}")
+        batch, n = embed.shape[:2]
+        self._check_length(pos_offset + n)
+        residual = embed
+        if self.cfg.positional == "learned":
+            if attention_mask is None:
+                ids = torch.arange(pos_offset, pos_offset + n, device=embed.device).expand(batch, n)
+                pos = self.pos_embed(ids)
+            else:
+                mask = self.check_attention_mask(attention_mask, batch, pos_offset + n)
+                ids = get_offset_position_ids(pos_offset, mask.long()).to(embed.device)
+                pad = ~mask.bool()[:, pos_offset:, None].to(embed.device)
+                pos = self.pos_embed(ids).masked_fill(pad, 0.0)
+            residual = embed + self.hook_pos_embed(pos)
+        return (residual, None) if return_shortformer_pos_embed else residual
 
     def to_single_str_token(self, int_token: int) -> str:
         """The string of one token id (``TypeError`` for anything but an int).

@@ -311,3 +311,77 @@ def test_state_dict_steps_refuse_what_the_architecture_cannot_honour():
         gpt2.center_unembed(list(gpt2.state_dict().items()))
     sd = model.fold_layer_norm(model.state_dict(), fold_biases=False, center_weights=False)  # RMS: as TL
     assert torch.equal(sd["blocks.0.ln1.w"], torch.ones_like(sd["blocks.0.ln1.w"]))
+
+
+# -- TransformerLens's forward pieces ---------------------------------------------------------------------
+def test_get_pos_offset_is_the_cache_offset():
+    from lens.generation import KVCache
+
+    model = tiny_model("gpt2")
+    assert model.get_pos_offset(None, 2) == 0
+    cache = KVCache.for_model(model, batch=2, max_len=16)
+    model(tokens_for(model, batch=2, pos=5), past_kv_cache=cache)
+    assert model.get_pos_offset(cache, 2) == 5
+    with pytest.raises(ValueError, match="batch=2, but batch_size=3"):
+        model.get_pos_offset(cache, 3)
+    with pytest.raises(TypeError, match="lens KVCache"):
+        model.get_pos_offset([("k", "v")], 2)
+
+
+def test_get_residual_is_the_forward_residual_without_padding():
+    model = tiny_model("gpt2")
+    toks = tokens_for(model)
+    embed = model.hook_embed(model.embed(toks))
+    resid, short = model.get_residual(embed, 0)
+    assert short is None
+    torch.testing.assert_close(resid, model.input_to_embed(toks)[0], atol=0, rtol=0)
+    later = model.get_residual(embed, 3, return_shortformer_pos_embed=False)
+    torch.testing.assert_close(later, embed + model.W_pos[3 : 3 + toks.shape[1]], atol=0, rtol=0)
+    rotary = tiny_model("llama")
+    e = rotary.embed(tokens_for(rotary))
+    assert rotary.get_residual(e, 0)[0] is e  # rotary: no positional embedding in the residual
+
+
+def test_get_residual_with_padding_counts_real_tokens_and_zeroes_padding():
+    model = tiny_model("gpt2")
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    embed = torch.randn(2, 5, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    seen = []
+    with model.hooks(fwd_hooks=[("hook_pos_embed", lambda x, hook: seen.append(x.clone()))]):
+        resid, _ = model.get_residual(embed, 0, attention_mask=mask)
+    expected = embed.clone()
+    expected[0, 2:] += model.W_pos[0:3]
+    expected[1] += model.W_pos[0:5]
+    torch.testing.assert_close(resid, expected, atol=1e-6, rtol=0)
+    assert len(seen) == 1 and seen[0][0, :2].abs().sum() == 0
+    cached = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])  # two cached positions, two new
+    step, _ = model.get_residual(embed[:, :2], 2, attention_mask=cached)
+    torch.testing.assert_close(step[0], embed[0, :2] + model.W_pos[1:3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(step[1], embed[1, :2] + model.W_pos[2:4], atol=1e-6, rtol=0)
+
+
+def test_get_residual_rejects_bad_input():
+    model = tiny_model("gpt2")
+    embed = torch.zeros(1, 4, model.cfg.d_model)
+    with pytest.raises(ValueError, match="embed must be"):
+        model.get_residual(torch.zeros(4, model.cfg.d_model), 0)
+    with pytest.raises(ValueError, match="pos_offset must be an int >= 0"):
+        model.get_residual(embed, -1)
+    with pytest.raises(ValueError, match="n_ctx is 64"):
+        model.get_residual(embed, 62)
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model.get_residual(embed, 0, attention_mask=torch.ones(1, 3))
+
+
+@tl_only
+def test_get_residual_and_pos_offset_match_transformer_lens():
+    from tests.compat._tl import tl_and_lens_gpt2
+
+    tl_model, model = tl_and_lens_gpt2()
+    embed = torch.randn(2, 5, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    for offset, mask in [(0, None), (3, None), (0, torch.tensor([[0, 0, 1, 1, 1], [1] * 5])),
+                         (2, torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7]))]:  # fmt: skip
+        expected, _ = tl_model.get_residual(embed, offset, attention_mask=mask)
+        got, _ = model.get_residual(embed, offset, attention_mask=mask)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert model.get_pos_offset(None, 2) == tl_model.get_pos_offset(None, 2) == 0
