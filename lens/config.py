@@ -78,6 +78,10 @@ class TransformerConfig:
     ``act_fn="solu_ln"``: SoLU ``x * softmax(x)`` (``mlp.hook_mid``) followed by a LayerNorm over ``d_mlp``
     (``mlp.ln``; with its weight and bias when ``normalization="LN"``, centre-and-scale only otherwise).
 
+    ``use_qk_norm`` (Qwen3, Gemma 3; TransformerLens's name): an RMSNorm over ``d_head`` on every query and
+    key head after the projection and before rotary (``attn.q_norm`` / ``attn.k_norm``, each with
+    ``hook_scale`` and ``hook_normalized``); ``hook_q`` / ``hook_k`` see the projections before it.
+
     ``n_ctx`` is the context lens accepts; ``n_ctx_trained`` the maximum the weights were trained for
     (``context_size_override`` may raise ``n_ctx`` up to it). Nothing is allocated per position, so a
     large ``n_ctx`` costs no memory until it is used.
@@ -125,6 +129,7 @@ class TransformerConfig:
     use_attn_in: bool = False
     use_hook_tokens: bool = False
     ungroup_grouped_query_attention: bool = False
+    use_qk_norm: bool = False
     default_prepend_bos: bool = True
     default_padding_side: str = "right"
     tokenizer_name: str | None = None

@@ -18,6 +18,9 @@ LAYOUTS: dict[str, dict] = {
     "Llama / Mistral / Qwen2 style (RMSNorm, rotary, GQA, gated MLP)": dict(
         positional="rotary", normalization="RMS", n_key_value_heads=2, gated_mlp=True, act_fn="silu"
     ),
+    "Qwen3 style (as Llama, with use_qk_norm: per-head RMSNorm on queries and keys)": dict(
+        positional="rotary", normalization="RMS", n_key_value_heads=2, gated_mlp=True, act_fn="silu", use_qk_norm=True
+    ),
     "GPT-NeoX / Pythia style (parallel attention + MLP, partial rotary)": dict(
         positional="rotary", normalization="LN", parallel_attn_mlp=True, rotary_dim=2
     ),

@@ -136,6 +136,11 @@ class ProcessingFlags:
                     "refactor_factored_attn_matrices cannot be applied to a rotary model (positional='rotary'): "
                     "its QK product depends on the query and key positions; load without it"
                 )
+            if cfg.use_qk_norm:
+                raise ValueError(
+                    "refactor_factored_attn_matrices cannot be applied with use_qk_norm=True: the query/key norms "
+                    "act on W_Q and W_K separately, not on their product; load without it"
+                )
             if cfg.n_key_value_heads != cfg.n_heads:
                 raise ValueError(
                     "refactor_factored_attn_matrices needs one key/value head per query head, but this model "

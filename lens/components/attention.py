@@ -5,6 +5,8 @@ Hooks (TransformerLens names and shapes):
     hook_rot_q / hook_rot_k (after rotary), hook_attn_scores and hook_pattern
     ``[batch, head, query_pos, key_pos]`` (scores are masked with -inf before the hook),
     hook_z ``[batch, pos, head, d_head]``, hook_result ``[batch, pos, head, d_model]`` (use_attn_result).
+    With ``cfg.use_qk_norm``, ``q_norm`` / ``k_norm`` (per-head RMSNorm, with ``hook_scale`` and
+    ``hook_normalized``) run between hook_q / hook_k and rotary.
     With ``cfg.ungroup_grouped_query_attention`` hook_k / hook_v / hook_rot_k have ``head`` heads (each
     key/value head repeated for the query heads of its group, as TransformerLens); the numbers are the same.
 
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 from lens.components.hook_flags import stale_flag_error
 from lens.components.linear import input_major, linear
 from lens.components.masking import AttentionContext
+from lens.components.norm import RMSNorm
 from lens.components.rotary import apply_rotary
 from lens.config import TransformerConfig
 from lens.factored_matrix import FactoredMatrix
@@ -58,6 +61,9 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
+        if cfg.use_qk_norm:  # per-head RMSNorm of queries and keys before rotary (Qwen3, Gemma 3)
+            self.q_norm = RMSNorm(dh, cfg.eps, cfg.dtype, cfg.device)
+            self.k_norm = RMSNorm(dh, cfg.eps, cfg.dtype, cfg.device)
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()
             self.hook_rot_k = HookPoint()
@@ -182,6 +188,8 @@ class Attention(nn.Module):
         if cfg.ungroup_grouped_query_attention and k.shape[2] != h:  # one key/value head per query head
             k, v = k.repeat_interleave(h // k.shape[2], dim=2), v.repeat_interleave(h // v.shape[2], dim=2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cfg.use_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if cfg.positional == "rotary":
             q = self.hook_rot_q(apply_rotary(q, ctx.cos, ctx.sin))
             k = self.hook_rot_k(apply_rotary(k, ctx.cos, ctx.sin))

@@ -15,17 +15,20 @@ from lens.families.base import TINY_SHAPE, Adapter
 from lens.families.llama import llama_config, llama_weights
 
 
-def _config(hf: dict) -> dict:
-    fields = llama_config(hf)
-    fields.update(qkv_bias=True, attn_out_bias=False, mlp_bias=False)
+def qwen_windows(hf: dict, n_layers: int) -> dict:
+    """``window_size`` / ``window_layers`` from a Qwen config (empty when no layer slides)."""
     window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-    n = fields["n_layers"]
     if hf.get("layer_types"):
         sliding = [i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention"]
     else:
-        sliding = list(range(hf.get("max_window_layers", 28), n))  # transformers default: 28
-    if window and sliding:
-        fields.update(window_size=int(window), window_layers=tuple(sliding))
+        sliding = list(range(hf.get("max_window_layers", 28), n_layers))  # transformers default: 28
+    return dict(window_size=int(window), window_layers=tuple(sliding)) if window and sliding else {}
+
+
+def _config(hf: dict) -> dict:
+    fields = llama_config(hf)
+    fields.update(qkv_bias=True, attn_out_bias=False, mlp_bias=False)
+    fields.update(qwen_windows(hf, fields["n_layers"]))
     return fields
 
 

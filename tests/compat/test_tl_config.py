@@ -23,6 +23,10 @@ CONFIGS = {
         n_key_value_heads=2, d_mlp=48,
     ),
     "neox": dict(BASE, act_fn="gelu", positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True),
+    "qk_norm": dict(
+        BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
+        n_key_value_heads=2, d_mlp=48, use_qk_norm=True,
+    ),
     "attn_only_scaled": dict(BASE, attn_only=True, normalization_type=None, attn_scale=2.0),
     "unscaled_relu": dict(BASE, act_fn="relu", d_mlp=20, use_attn_scale=False, n_heads=4, seed=7),
 }  # fmt: skip
@@ -86,7 +90,7 @@ def test_off_values_and_init_fields_are_accepted():
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"use_qk_norm": True}, "use_qk_norm=True has no lens equivalent"),
+        ({"final_rms": True}, "final_rms=True has no lens equivalent"),
         ({"n_devices": 2}, "n_devices=2"),
         ({"normalization_type": "LNPre"}, "normalization_type='LNPre'"),
         ({"positional_embedding_type": "alibi"}, "positional_embedding_type='alibi'"),
@@ -129,10 +133,9 @@ def copy_into_tl(model, tl_model) -> None:
         *path, name = key.split(".")
         if name in ("mask", "IGNORE") or name.startswith("rotary_"):
             continue
-        if path[0] == "blocks":
-            owner = getattr(model.blocks[int(path[1])], path[2])
-        else:
-            owner = getattr(model, path[0])
+        owner = model
+        for part in path:
+            owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
         state[key] = getattr(owner, name.lstrip("_")).detach().clone()
     missing, unexpected = tl_model.load_state_dict(state, strict=False)
     buffers = ("mask", "IGNORE", "rotary_sin", "rotary_cos")  # TransformerLens's own tables
@@ -154,6 +157,10 @@ def test_same_fields_build_the_same_model_as_transformer_lens(name):
     assert set(cache.keys()) == set(tl_cache.keys())
     rms = fields.get("normalization_type") == "RMS"  # lens's RMS hook_normalized includes the weight
     for key in tl_cache.keys():
-        assert cache[key].shape == tl_cache[key].shape, key
-        if not (rms and key.endswith("hook_normalized")):
-            torch.testing.assert_close(cache[key], tl_cache[key], atol=1e-5, rtol=1e-5, msg=key)
+        got_act = cache[key]
+        if "_norm." in key:  # TransformerLens runs q_norm / k_norm on [batch * pos * head, d_head]; lens keeps dims
+            assert got_act.shape[:3] == (*toks.shape, got_act.shape[2]) and got_act.numel() == tl_cache[key].numel()
+            got_act = got_act.reshape(tl_cache[key].shape)
+        assert got_act.shape == tl_cache[key].shape, key
+        if not (rms and key.endswith("hook_normalized")):  # TL: before the weight (see migration doc)
+            torch.testing.assert_close(got_act, tl_cache[key], atol=1e-5, rtol=1e-5, msg=key)
