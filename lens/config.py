@@ -82,6 +82,13 @@ class TransformerConfig:
     key head after the projection and before rotary (``attn.q_norm`` / ``attn.k_norm``, each with
     ``hook_scale`` and ``hook_normalized``); ``hook_q`` / ``hook_k`` see the projections before it.
 
+    Gemma 2 / 3 (TransformerLens's names): ``use_normalization_before_and_after`` adds a norm after each
+    sublayer ("sandwich" norms: ``ln1_post`` on the attention output, ``ln2_post`` on the MLP output, before
+    ``hook_attn_out`` / ``hook_mlp_out`` and the residual add); ``attn_scores_soft_cap=c`` caps attention
+    scores as ``c * tanh(scores / c)`` (before masking; ``hook_attn_scores`` sees the capped scores; such a
+    layer always runs the explicit attention path, since SDPA cannot cap); ``output_logits_soft_cap=c`` caps
+    the logits the same way.
+
     ``n_ctx`` is the context lens accepts; ``n_ctx_trained`` the maximum the weights were trained for
     (``context_size_override`` may raise ``n_ctx`` up to it). Nothing is allocated per position, so a
     large ``n_ctx`` costs no memory until it is used.
@@ -130,6 +137,9 @@ class TransformerConfig:
     use_hook_tokens: bool = False
     ungroup_grouped_query_attention: bool = False
     use_qk_norm: bool = False
+    use_normalization_before_and_after: bool = False
+    attn_scores_soft_cap: float | None = None
+    output_logits_soft_cap: float | None = None
     default_prepend_bos: bool = True
     default_padding_side: str = "right"
     tokenizer_name: str | None = None
@@ -191,6 +201,10 @@ class TransformerConfig:
             bad = [i for i in self.window_layers if not 0 <= i < self.n_layers]
             if bad:
                 raise ValueError(f"window_layers {bad} are outside [0, n_layers={self.n_layers})")
+        for name in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+            cap = getattr(self, name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
+                raise ValueError(f"{name}={cap!r} must be None (no cap) or a positive number")
         if self.parallel_attn_mlp and self.attn_only:
             raise ValueError("parallel_attn_mlp=True needs an MLP, but attn_only=True")
         if self.n_ctx_trained is not None:

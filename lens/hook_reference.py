@@ -21,6 +21,18 @@ LAYOUTS: dict[str, dict] = {
     "Qwen3 style (as Llama, with use_qk_norm: per-head RMSNorm on queries and keys)": dict(
         positional="rotary", normalization="RMS", n_key_value_heads=2, gated_mlp=True, act_fn="silu", use_qk_norm=True
     ),
+    "Gemma 2 style (sandwich norms, soft caps, local and global layers)": dict(
+        positional="rotary",
+        normalization="RMS",
+        n_key_value_heads=2,
+        gated_mlp=True,
+        act_fn="gelu_pytorch_tanh",
+        use_normalization_before_and_after=True,
+        attn_scores_soft_cap=50.0,
+        output_logits_soft_cap=30.0,
+        window_size=4,
+        window_layers=(0,),
+    ),
     "GPT-NeoX / Pythia style (parallel attention + MLP, partial rotary)": dict(
         positional="rotary", normalization="LN", parallel_attn_mlp=True, rotary_dim=2
     ),

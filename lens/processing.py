@@ -130,6 +130,11 @@ class ProcessingFlags:
                 f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
                 "load without center_writing_weights"
             )
+        if self.center_unembed and cfg.output_logits_soft_cap is not None:
+            raise ValueError(
+                f"center_unembed cannot keep log-probs with output_logits_soft_cap={cfg.output_logits_soft_cap} "
+                "(the cap is not shift-invariant); load without it"
+            )
         if self.refactor_factored_attn_matrices:
             if cfg.positional == "rotary":
                 raise ValueError(

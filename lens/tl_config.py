@@ -143,6 +143,9 @@ def translate_config(tl: dict[str, Any]) -> dict[str, Any]:
             "high_freq_factor": tl.get("NTK_by_parts_high_freq_factor", 4.0),
             "original_max_position_embeddings": tl.get("NTK_original_ctx_len", 8192),
         }
+    for cap in ("attn_scores_soft_cap", "output_logits_soft_cap"):  # TransformerLens: -1.0 means no cap
+        if tl.get(cap, -1.0) in (-1.0, None):
+            tl.pop(cap, None)
     out.setdefault("unembed_bias", tl.pop("unembed_bias", True))  # TransformerLens's unembed always has b_U
     if tl.get("gated_mlp"):
         # TransformerLens's gated MLP adds b_in after the gate product and has no gate bias; lens's biases sit

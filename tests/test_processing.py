@@ -18,16 +18,24 @@ LN_FAMILIES = [f for f in FAMILIES if lens_config(f).normalization == "LN"]  # e
 RMS_FAMILIES = [f for f in FAMILIES if f not in LN_FAMILIES]
 
 
+def _applies(cfg, flag: str) -> bool:
+    """Whether the flag can keep this architecture's log-probs (else it is refused; tested below)."""
+    try:
+        ProcessingFlags(**{flag: True}).check(cfg)
+    except ValueError:
+        return False
+    return True
+
+
 def _cases():
     for family in FAMILIES:
         cfg = lens_config(family)
-        refactorable = cfg.positional != "rotary" and cfg.n_key_value_heads == cfg.n_heads  # else ValueError
-        applicable = [
-            f
-            for f in ALL_FLAGS
-            if (f != "center_writing_weights" or family in LN_FAMILIES)
-            and (f != "refactor_factored_attn_matrices" or refactorable)
-        ]
+        applicable = [f for f in ALL_FLAGS if _applies(cfg, f)]
+        # the refusals are the documented ones: centring without LayerNorm, refactoring rotary / grouped /
+        # q-k-normed attention, centring the unembedding under a logit soft cap
+        refused = set(ALL_FLAGS) - set(applicable)
+        assert "center_writing_weights" in refused or family in LN_FAMILIES, family
+        assert "fold_ln" in applicable and "fold_value_biases" in applicable, family
         for flag in applicable:
             yield pytest.param(family, (flag,), id=f"{family}-{flag}")
         yield pytest.param(family, tuple(applicable), id=f"{family}-all")
@@ -115,3 +123,10 @@ def test_processing_flags_are_one_validated_value():
     process_weights(model, ProcessingFlags(fold_ln=True, center_unembed=True))
     torch.testing.assert_close(_log_probs(model), expected, atol=1e-4, rtol=0)
     assert model.cfg.extra["weight_processing"] == ["fold_ln", "center_unembed"]
+
+
+def test_center_unembed_is_refused_under_a_logit_soft_cap():
+    cfg = lens_config(FAMILIES[0]).replace(output_logits_soft_cap=30.0)
+    with pytest.raises(ValueError, match="output_logits_soft_cap=30.0"):
+        ProcessingFlags(center_unembed=True).check(cfg)
+    ProcessingFlags(center_unembed=True).check(cfg.replace(output_logits_soft_cap=None))  # fine without the cap

@@ -149,8 +149,10 @@ class Attention(nn.Module):
 
     @property
     def explicit(self) -> bool:
-        """True when scores/pattern must be materialised (someone hooks or caches them)."""
-        return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        """True when scores/pattern must be materialised (someone hooks or caches them, or scores are capped)."""
+        return (
+            self.cfg.attn_scores_soft_cap is not None or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        )
 
     # -- forward ------------------------------------------------------------------------------------
     def _project(self, x: Tensor, i: int, n: int) -> Float[Tensor, "batch pos n d_head"]:
@@ -201,7 +203,7 @@ class Attention(nn.Module):
             if ctx.key_pos is not None:  # a sliding-window ring buffer, keys in slot order
                 key_pos = ctx.key_pos.get(self.window)
         k_len = kh.shape[-2]
-        if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:  # see `explicit`
+        if cfg.attn_scores_soft_cap is not None or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
             if key_pos is not None:  # hooks see keys in position order
                 order = key_pos.argsort()
                 kh, vh = kh[:, :, order], vh[:, :, order]
@@ -256,6 +258,9 @@ class Attention(nn.Module):
             kh = kh.repeat_interleave(self.n_rep, dim=1)
             vh = vh.repeat_interleave(self.n_rep, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)).mul_(self.scale)
+        cap = self.cfg.attn_scores_soft_cap
+        if cap is not None:  # Gemma 2's soft cap, before the mask (as Hugging Face and TransformerLens)
+            scores = torch.tanh(scores / cap) * cap
         scores = self.hook_attn_scores(scores.masked_fill_(ctx.blocked(k_len, self.window), float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype))
         return torch.matmul(pattern, vh)

@@ -6,7 +6,8 @@ TransformerLens: ``hook_attn_in`` ``[batch, pos, head, d_model]`` (use_attn_in),
 ``hook_q_input``/``hook_k_input``/``hook_v_input`` (use_split_qkv_input; k/v have n_key_value_heads),
 ``hook_mlp_in`` (use_hook_mlp_in); :meth:`TransformerBlock.sync_hooks` creates and removes these when a
 flag changes after construction. With ``parallel_attn_mlp`` (GPT-NeoX) attention and MLP both read
-``resid_pre`` and there is no ``resid_mid``.
+``resid_pre`` and there is no ``resid_mid``. With ``use_normalization_before_and_after`` (Gemma 2/3)
+``ln1_post`` / ``ln2_post`` normalise the attention / MLP output before ``hook_attn_out`` / ``hook_mlp_out``.
 
 Under grouped-query attention with per-head inputs, key/value head ``g`` reads the input of query
 head ``g * n_heads // n_key_value_heads`` (the first head of its group); with
@@ -32,11 +33,14 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         self.has_mlp = not cfg.attn_only
+        sandwich = cfg.use_normalization_before_and_after
         self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, layer_idx)
+        self.ln1_post = make_norm(cfg) if sandwich else None
         if self.has_mlp:
             self.ln2 = make_norm(cfg)
             self.mlp = MLP(cfg)
+            self.ln2_post = make_norm(cfg) if sandwich else None
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         if self.has_mlp:
@@ -74,6 +78,14 @@ class TransformerBlock(nn.Module):
     def _ln2(self, x: Tensor) -> Tensor:
         return x if self.ln2 is None else self.ln2(x)
 
+    def _attn_out(self, resid_pre: Tensor, ctx: AttentionContext) -> Tensor:
+        out = self._attention(resid_pre, ctx)
+        return out if self.ln1_post is None else self.ln1_post(out)
+
+    def _mlp_out(self, mlp_in: Tensor) -> Tensor:
+        out = self.mlp(self._ln2(mlp_in))
+        return out if self.ln2_post is None else self.ln2_post(out)
+
     def _attention(self, resid_pre: Tensor, ctx: AttentionContext) -> Tensor:
         cfg = self.cfg
         if not (cfg.use_split_qkv_input or cfg.use_attn_in):
@@ -100,14 +112,14 @@ class TransformerBlock(nn.Module):
         self, resid_pre: Float[Tensor, "batch pos d_model"], ctx: AttentionContext
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self._attention(resid_pre, ctx))
+        attn_out = self.hook_attn_out(self._attn_out(resid_pre, ctx))
         if not self.has_mlp:
             return self.hook_resid_post(resid_pre + attn_out)
         if self.cfg.parallel_attn_mlp:
             mlp_in = self.hook_mlp_in(resid_pre.clone()) if self.cfg.use_hook_mlp_in else resid_pre
-            mlp_out = self.hook_mlp_out(self.mlp(self._ln2(mlp_in)))
+            mlp_out = self.hook_mlp_out(self._mlp_out(mlp_in))
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
-        mlp_out = self.hook_mlp_out(self.mlp(self._ln2(mlp_in)))
+        mlp_out = self.hook_mlp_out(self._mlp_out(mlp_in))
         return self.hook_resid_post(resid_mid + mlp_out)

@@ -91,6 +91,11 @@ class Unembed(nn.Module):
         return self.bias
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        logits = self._logits(x)
+        cap = self.cfg.output_logits_soft_cap
+        return logits if cap is None else torch.tanh(logits / cap) * cap  # Gemma 2's final soft cap
+
+    def _logits(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         w = self.weight
         rows = x.numel() // x.shape[-1]
         decode = self._decode.get(threading.get_ident()) if self._decode and rows == 1 else None

@@ -15,7 +15,8 @@ from lens.families.base import TINY_SHAPE, Adapter, plus_one
 from lens.families.llama import llama_config, llama_weights
 
 
-def _config(hf: dict) -> dict:
+def gemma_config(hf: dict) -> dict:
+    """Config fields shared by the Gemma families."""
     fields = llama_config(hf)
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     fields.update(
@@ -26,7 +27,8 @@ def _config(hf: dict) -> dict:
     return fields
 
 
-def _weights(cfg) -> dict:
+def gemma_weights(cfg) -> dict:
+    """Weight map shared by the Gemma families: Llama's names, norms stored as offsets from 1."""
     w = llama_weights(cfg)
     for name, spec in w.items():
         if name.endswith((".ln1.w", ".ln2.w")) or name == "ln_final.w":
@@ -38,8 +40,8 @@ ADAPTER = Adapter(
     name="gemma",
     architectures=("GemmaForCausalLM",),
     model_types=("gemma",),
-    config=_config,
-    weights=_weights,
+    config=gemma_config,
+    weights=gemma_weights,
     ignore=("rotary_emb.inv_freq",),
     tiny={  # multi-query attention, head_dim 16 != d_model / n_heads
         "gemma": ("GemmaForCausalLM", dict(TINY_SHAPE, num_key_value_heads=1, head_dim=16)),

@@ -23,6 +23,11 @@ CONFIGS = {
         n_key_value_heads=2, d_mlp=48,
     ),
     "neox": dict(BASE, act_fn="gelu", positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True),
+    "gemma2_like": dict(
+        BASE, act_fn="gelu_new", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
+        n_key_value_heads=2, d_mlp=48, use_normalization_before_and_after=True, attn_scores_soft_cap=2.0,
+        output_logits_soft_cap=3.0, use_local_attn=True, attn_types=["local", "global"], window_size=4,
+    ),
     "qk_norm": dict(
         BASE, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
         n_key_value_heads=2, d_mlp=48, use_qk_norm=True,
@@ -80,6 +85,8 @@ def test_local_attention_layers_become_window_layers():
 
 
 def test_off_values_and_init_fields_are_accepted():
+    capped = HookedTransformerConfig(**BASE, act_fn="relu", attn_scores_soft_cap=-1.0, output_logits_soft_cap=30.0)
+    assert capped.attn_scores_soft_cap is None and capped.output_logits_soft_cap == 30.0
     cfg = HookedTransformerConfig(
         **BASE, act_fn="relu", use_qk_norm=False, n_devices=1, final_rms=False, seed=3, init_mode="gpt2",
         original_architecture=None, d_vocab_out=-1,
@@ -94,7 +101,7 @@ def test_off_values_and_init_fields_are_accepted():
         ({"n_devices": 2}, "n_devices=2"),
         ({"normalization_type": "LNPre"}, "normalization_type='LNPre'"),
         ({"positional_embedding_type": "alibi"}, "positional_embedding_type='alibi'"),
-        ({"output_logits_soft_cap": 30.0}, "output_logits_soft_cap=30.0"),
+        ({"num_experts": 8}, "num_experts=8"),
         ({"bogus_field": 1}, "unknown HookedTransformerConfig field bogus_field=1"),
         ({"d_vocab": -1}, "d_vocab=-1"),
         ({"act_fn": None}, "act_fn must be given"),
