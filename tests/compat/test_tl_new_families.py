@@ -1,0 +1,84 @@
+"""Families added for #13 against TransformerLens 2.18 on identical weights (optional oracle).
+
+Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
+weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
+``from_pretrained`` would build it; that needs the hub), and by lens's adapter. Logits and every activation
+TransformerLens caches agree, with the documented differences: RMSNorm ``hook_normalized`` is after the
+weight in lens, and TransformerLens's ``q_norm`` / ``k_norm`` hooks see ``[batch * pos * head, d_head]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+tl = pytest.importorskip("transformer_lens", reason="TransformerLens is the optional oracle (see docs/families.md)")
+from transformer_lens.pretrained.weight_conversions import convert_gemma_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights  # noqa: E402
+
+import lens  # noqa: E402
+from lens.loading import from_hf_model  # noqa: E402
+from tests.tiny import build_hf, spec  # noqa: E402
+
+
+def _base(c) -> dict[str, Any]:
+    params = getattr(c, "rope_parameters", None) or {}
+    return dict(
+        device="cpu", dtype=torch.float32, default_prepend_bos=False, d_model=c.hidden_size, d_head=c.head_dim,
+        n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+        n_key_value_heads=c.num_key_value_heads, normalization_type="RMS", positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False, rotary_dim=c.head_dim, rotary_base=float(params.get("rope_theta", 10000.0)),
+        final_rms=True, gated_mlp=True,
+    )  # fmt: skip
+
+
+def _gemma2(c) -> dict[str, Any]:
+    return dict(
+        _base(c), act_fn="gelu_pytorch_tanh", use_attn_scale=True, attn_scale=c.query_pre_attn_scalar**0.5,
+        attn_scores_soft_cap=c.attn_logit_softcapping, output_logits_soft_cap=c.final_logit_softcapping,
+        use_local_attn=True, window_size=c.sliding_window,
+        attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+        use_normalization_before_and_after=True, original_architecture="Gemma2ForCausalLM",
+    )  # fmt: skip
+
+
+def _qwen3(c) -> dict[str, Any]:
+    return dict(_base(c), act_fn=c.hidden_act, use_qk_norm=True, original_architecture="Qwen3ForCausalLM")
+
+
+CASES = {"gemma2": (_gemma2, convert_gemma_weights), "qwen3": (_qwen3, convert_qwen3_weights)}
+
+
+@pytest.mark.parametrize("variant", sorted(CASES))
+def test_logits_and_cached_activations_match_transformer_lens(variant):
+    hf = build_hf(spec(variant), seed=0)
+    make_cfg, convert = CASES[variant]
+    cfg = tl.HookedTransformerConfig(**make_cfg(hf.config))
+    tl_model = tl.HookedTransformer(cfg, move_to_device=False)
+    with torch.no_grad():
+        state = {k: v.detach().clone() for k, v in convert(hf, cfg).items()}
+    tl_model.load_state_dict(state, strict=False)
+    tl_model.eval()
+    model = from_hf_model(hf, model_class=lens.HookedTransformer).eval()
+    tokens = torch.randint(0, hf.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, tl_cache = tl_model.run_with_cache(tokens)
+        got, cache = model.run_with_cache(tokens)
+        hf_logits = hf(tokens).logits
+    torch.testing.assert_close(got, hf_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert set(tl_cache.keys()) <= set(cache.keys())
+    compared = 0
+    for key in tl_cache.keys():
+        ours, theirs = cache[key], tl_cache[key]
+        if "_norm." in key:
+            ours = ours.reshape(theirs.shape)
+        assert ours.shape == theirs.shape, key
+        if key.endswith("hook_normalized"):
+            continue  # RMSNorm: TransformerLens hooks x / rms before the weight
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4, msg=key)
+        compared += 1
+    assert compared > 10 * model.cfg.n_layers
