@@ -57,7 +57,12 @@ def tiny_cfg(family: str, **overrides) -> lens.TransformerConfig:
 
 
 def tiny_model(family: str, seed: int = 0, **overrides) -> lens.HookedTransformer:
-    model = lens.HookedTransformer(tiny_cfg(family, **overrides), seed=seed)
+    return model_for(tiny_cfg(family, **overrides), seed)
+
+
+def model_for(cfg: lens.TransformerConfig, seed: int = 0) -> lens.HookedTransformer:
+    """A random-weight lens model of ``cfg`` whose norm weights and biases are not the identity."""
+    model = lens.HookedTransformer(cfg, seed=seed)
     # Random init with non-trivial norm weights/biases so tests exercise them.
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed + 1)

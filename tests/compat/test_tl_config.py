@@ -14,6 +14,7 @@ import torch
 
 import lens
 from lens.tl_config import ConfigUntranslatable, HookedTransformerConfig
+from tests.tiny import model_for
 
 BASE = dict(n_layers=2, d_model=32, d_head=8, n_ctx=16, d_vocab=50)
 CONFIGS = {
@@ -37,14 +38,7 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def random_model(cfg, seed=0):
-    model = lens.HookedTransformer(cfg, seed=seed)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        for name, p in model.named_parameters():
-            if name.endswith((".w", ".b", "bias")):
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+random_model = model_for
 
 
 def tokens(vocab=50, batch=2, pos=9):
