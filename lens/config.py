@@ -89,6 +89,9 @@ class TransformerConfig:
     layer always runs the explicit attention path, since SDPA cannot cap); ``output_logits_soft_cap=c`` caps
     the logits the same way.
 
+    ``rotary_base_local`` (Gemma 3; TransformerLens's name): the rotary base of the sliding-window (local)
+    layers, which use no ``rope_scaling``; the global layers use ``rotary_base`` and ``rope_scaling``.
+
     ``n_ctx`` is the context lens accepts; ``n_ctx_trained`` the maximum the weights were trained for
     (``context_size_override`` may raise ``n_ctx`` up to it). Nothing is allocated per position, so a
     large ``n_ctx`` costs no memory until it is used.
@@ -115,6 +118,7 @@ class TransformerConfig:
     rotary_base: float = 10000.0
     rotary_dim: int | None = None
     rope_scaling: dict[str, Any] | None = None
+    rotary_base_local: float | None = None
     window_size: int | None = None
     window_layers: tuple[int, ...] | None = None
     gated_mlp: bool = False
@@ -194,6 +198,11 @@ class TransformerConfig:
                 raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= d_head={self.d_head}")
             if self.rotary_base <= 0:
                 raise ValueError(f"rotary_base={self.rotary_base} must be positive")
+        if self.rotary_base_local is not None:
+            if self.positional != "rotary" or not self.rotary_base_local > 0:
+                raise ValueError(
+                    f"rotary_base_local={self.rotary_base_local!r} needs positional='rotary' and a positive base"
+                )
         if self.window_size is not None:
             _check_positive_int("window_size", self.window_size)
         if self.window_layers is not None:

@@ -75,6 +75,8 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             self.hook_pos_embed = HookPoint()
         if cfg.positional == "rotary":
             self.rotary = Rotary(cfg)
+            if cfg.rotary_base_local is not None:  # local layers: their own base, no scaling (Gemma 3)
+                self.rotary_local = Rotary(cfg.replace(rotary_base=cfg.rotary_base_local, rope_scaling=None))
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         self.unembed = Unembed(cfg)
@@ -306,6 +308,8 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             ctx = AttentionContext.build(batch, q_len, attention_mask, device=device)
         if self.cfg.positional == "rotary":
             ctx.cos, ctx.sin = self.rotary.cos_sin(ctx.positions, self.cfg.dtype)
+            if self.cfg.rotary_base_local is not None:
+                ctx.cos_local, ctx.sin_local = self.rotary_local.cos_sin(ctx.positions, self.cfg.dtype)
         return ctx
 
     # -- forward ------------------------------------------------------------------------------------

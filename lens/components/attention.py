@@ -193,8 +193,11 @@ class Attention(nn.Module):
         if cfg.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.positional == "rotary":
-            q = self.hook_rot_q(apply_rotary(q, ctx.cos, ctx.sin))
-            k = self.hook_rot_k(apply_rotary(k, ctx.cos, ctx.sin))
+            cos, sin = ctx.cos, ctx.sin
+            if self.window is not None and ctx.cos_local is not None:  # a local layer with its own base
+                cos, sin = ctx.cos_local, ctx.sin_local
+            q = self.hook_rot_q(apply_rotary(q, cos, sin))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin))
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, n, pos, dh]
         key_pos = None

@@ -43,6 +43,8 @@ class AttentionContext:
         key_pos: ``{window: [k] key positions}`` for sliding-window layers whose cache returns a ring
             buffer in slot order (set from ``kv_cache.key_positions``), or None.
         cos, sin: rotary tables for ``positions`` (filled by the model when it uses rotary).
+        cos_local, sin_local: the tables of the sliding-window layers when they have their own rotary base
+            (``cfg.rotary_base_local``), else None.
     """
 
     q_offset: int
@@ -53,6 +55,8 @@ class AttentionContext:
     key_pos: dict[int, Int[Tensor, " k"]] | None = None
     cos: Float[Tensor, "batch q rot"] | None = None
     sin: Float[Tensor, "batch q rot"] | None = None
+    cos_local: Float[Tensor, "batch q rot"] | None = None
+    sin_local: Float[Tensor, "batch q rot"] | None = None
     _masks: dict = field(default_factory=dict, repr=False)
 
     @classmethod

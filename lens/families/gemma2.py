@@ -28,7 +28,8 @@ def _cap(value) -> float | None:
     return None if value is None else float(value)
 
 
-def _config(hf: dict) -> dict:
+def gemma2_config(hf: dict) -> dict:
+    """Config fields shared by Gemma 2 and 3."""
     fields = gemma_config(hf)
     n = fields["n_layers"]
     if hf.get("layer_types"):
@@ -48,7 +49,8 @@ def _config(hf: dict) -> dict:
     return fields
 
 
-def _weights(cfg) -> dict:
+def gemma2_weights(cfg) -> dict:
+    """Gemma's weight map with the sandwich norms (shared by Gemma 2 and 3)."""
     w = gemma_weights(cfg)
     for i in range(cfg.n_layers):
         h, b = f"model.layers.{i}.", f"blocks.{i}."
@@ -62,8 +64,8 @@ ADAPTER = Adapter(
     name="gemma2",
     architectures=("Gemma2ForCausalLM",),
     model_types=("gemma2",),
-    config=_config,
-    weights=_weights,
+    config=gemma2_config,
+    weights=gemma2_weights,
     ignore=("rotary_emb.inv_freq",),
     tiny={
         # a local (window 4) and a global layer, soft caps small enough to bend O(1) scores and logits;

@@ -93,3 +93,19 @@ def test_sandwich_norms_normalise_each_sublayer_output():
 def test_soft_caps_must_be_positive_numbers(name, bad):
     with pytest.raises(ValueError, match=f"{name}="):
         tiny_model("llama", **{name: bad})
+
+
+def test_local_layers_rotate_with_their_own_base():
+    from lens.components.rotary import Rotary, apply_rotary
+
+    model = tiny_model("llama", window_size=3, window_layers=(0,), rotary_base=1e6, rotary_base_local=1e4,
+                       rope_scaling={"rope_type": "linear", "factor": 8.0})  # fmt: skip
+    _, cache = model.run_with_cache(TOKENS)
+    positions = torch.arange(TOKENS.shape[1]).expand_as(TOKENS)
+    local = Rotary(model.cfg.replace(rotary_base=1e4, rope_scaling=None)).cos_sin(positions, torch.float32)
+    glob = Rotary(model.cfg).cos_sin(positions, torch.float32)
+    for layer, (cos, sin) in ((0, local), (1, glob)):
+        torch.testing.assert_close(cache["rot_q", layer], apply_rotary(cache["q", layer], cos, sin), atol=1e-6, rtol=0)
+    assert not torch.allclose(local[0], glob[0])
+    with pytest.raises(ValueError, match="rotary_base_local"):
+        tiny_model("gpt2", rotary_base_local=1e4)
