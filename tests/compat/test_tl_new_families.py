@@ -1,4 +1,4 @@
-"""Families added for #13 against TransformerLens 2.18 on identical weights (optional oracle).
+"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo) against TransformerLens 2.18 on identical weights (optional).
 
 Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
 weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
@@ -16,6 +16,7 @@ import torch
 
 tl = pytest.importorskip("transformer_lens", reason="TransformerLens is the optional oracle (see docs/families.md)")
 from transformer_lens.pretrained.weight_conversions import convert_gemma_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.neo import convert_neo_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights  # noqa: E402
 
 import lens  # noqa: E402
@@ -49,7 +50,22 @@ def _qwen3(c) -> dict[str, Any]:
     return dict(_base(c), act_fn=c.hidden_act, use_qk_norm=True, original_architecture="Qwen3ForCausalLM")
 
 
-CASES = {"gemma2": (_gemma2, convert_gemma_weights), "qwen3": (_qwen3, convert_qwen3_weights)}
+def _gpt_neo(c) -> dict[str, Any]:
+    kinds = [kind for pattern, repeat in c.attention_types for kind in pattern * repeat]
+    return dict(
+        device="cpu", dtype=torch.float32, default_prepend_bos=False, d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_heads, n_heads=c.num_heads, d_mlp=4 * c.hidden_size, n_layers=c.num_layers,
+        n_ctx=c.max_position_embeddings, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
+        act_fn=c.activation_function, use_attn_scale=False, use_local_attn=True, window_size=c.window_size,
+        attn_types=kinds, normalization_type="LN", original_architecture="GPTNeoForCausalLM",
+    )  # fmt: skip
+
+
+CASES = {
+    "gemma2": (_gemma2, convert_gemma_weights),
+    "qwen3": (_qwen3, convert_qwen3_weights),
+    "gpt_neo": (_gpt_neo, convert_neo_weights),
+}
 
 
 @pytest.mark.parametrize("variant", sorted(CASES))
