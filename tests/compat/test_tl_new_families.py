@@ -1,4 +1,4 @@
-"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo) against TransformerLens 2.18 on identical weights (optional).
+"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo, OPT) against TransformerLens 2.18 on identical weights (optional).
 
 Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
 weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
@@ -17,6 +17,7 @@ import torch
 tl = pytest.importorskip("transformer_lens", reason="TransformerLens is the optional oracle (see docs/families.md)")
 from transformer_lens.pretrained.weight_conversions import convert_gemma_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.neo import convert_neo_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.opt import convert_opt_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights  # noqa: E402
 
 import lens  # noqa: E402
@@ -61,10 +62,20 @@ def _gpt_neo(c) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _opt(c) -> dict[str, Any]:
+    return dict(
+        device="cpu", dtype=torch.float32, default_prepend_bos=False, d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads, n_heads=c.num_attention_heads, d_mlp=c.ffn_dim,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=1e-5, d_vocab=c.vocab_size,
+        act_fn=c.activation_function, normalization_type="LN", original_architecture="OPTForCausalLM",
+    )  # fmt: skip
+
+
 CASES = {
     "gemma2": (_gemma2, convert_gemma_weights),
     "qwen3": (_qwen3, convert_qwen3_weights),
     "gpt_neo": (_gpt_neo, convert_neo_weights),
+    "opt": (_opt, convert_opt_weights),
 }
 
 
