@@ -89,6 +89,9 @@ class TransformerConfig:
     layer always runs the explicit attention path, since SDPA cannot cap); ``output_logits_soft_cap=c`` caps
     the logits the same way.
 
+    ``rotary_adjacent_pairs`` (GPT-J; TransformerLens's name): rotary rotates adjacent feature pairs
+    ``(0, 1), (2, 3), ...`` instead of the two halves of the rotary features (the GPT-NeoX / Llama convention).
+
     ``rotary_base_local`` (Gemma 3; TransformerLens's name): the rotary base of the sliding-window (local)
     layers, which use no ``rope_scaling``; the global layers use ``rotary_base`` and ``rope_scaling``.
 
@@ -119,6 +122,7 @@ class TransformerConfig:
     rotary_dim: int | None = None
     rope_scaling: dict[str, Any] | None = None
     rotary_base_local: float | None = None
+    rotary_adjacent_pairs: bool = False
     window_size: int | None = None
     window_layers: tuple[int, ...] | None = None
     gated_mlp: bool = False

@@ -196,8 +196,9 @@ class Attention(nn.Module):
             cos, sin = ctx.cos, ctx.sin
             if self.window is not None and ctx.cos_local is not None:  # a local layer with its own base
                 cos, sin = ctx.cos_local, ctx.sin_local
-            q = self.hook_rot_q(apply_rotary(q, cos, sin))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+            pairs = cfg.rotary_adjacent_pairs
+            q = self.hook_rot_q(apply_rotary(q, cos, sin, pairs))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin, pairs))
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, n, pos, dh]
         key_pos = None

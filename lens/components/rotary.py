@@ -54,6 +54,7 @@ class Rotary(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
+        self.adjacent_pairs = cfg.rotary_adjacent_pairs
         inv, self.attention_scaling = rotary_inv_freq(cfg)
         self.register_buffer("inv_freq", inv.to(cfg.device), persistent=False)
 
@@ -61,7 +62,8 @@ class Rotary(nn.Module):
         self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype
     ) -> tuple[Float[Tensor, "batch pos rot"], Float[Tensor, "batch pos rot"]]:
         freqs = positions.to(self.inv_freq.device).float()[..., None] * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)
+        # rotate-half pairs feature i with i + rot/2; adjacent pairs (GPT-J) pair 2i with 2i + 1
+        emb = freqs.repeat_interleave(2, dim=-1) if self.adjacent_pairs else torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()
         if self.attention_scaling != 1.0:
             cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
@@ -72,14 +74,23 @@ def apply_rotary(
     x: Float[Tensor, "batch pos head d_head"],
     cos: Float[Tensor, "batch pos rot"],
     sin: Float[Tensor, "batch pos rot"],
+    adjacent_pairs: bool = False,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Rotate the first ``rot`` features of every head by its position's angles."""
+    """Rotate the first ``rot`` features of every head by its position's angles.
+
+    ``adjacent_pairs``: the tables came from a ``Rotary`` with ``cfg.rotary_adjacent_pairs`` (GPT-J).
+    """
     rot = cos.shape[-1]
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    turn = _rotate_pairs if adjacent_pairs else _rotate_half
     if rot == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
+        return x * cos + turn(x) * sin
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+    return torch.cat((x_rot * cos + turn(x_rot) * sin, x_pass), dim=-1)
+
+
+def _rotate_pairs(x: Tensor) -> Tensor:
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

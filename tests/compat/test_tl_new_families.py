@@ -1,4 +1,4 @@
-"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo, OPT) against TransformerLens 2.18 on identical weights (optional).
+"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo, OPT, GPT-J) against TransformerLens 2.18 (optional oracle).
 
 Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
 weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
@@ -16,6 +16,7 @@ import torch
 
 tl = pytest.importorskip("transformer_lens", reason="TransformerLens is the optional oracle (see docs/families.md)")
 from transformer_lens.pretrained.weight_conversions import convert_gemma_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.gptj import convert_gptj_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.neo import convert_neo_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.opt import convert_opt_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights  # noqa: E402
@@ -71,11 +72,22 @@ def _opt(c) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _gptj(c) -> dict[str, Any]:
+    return dict(
+        device="cpu", dtype=torch.float32, default_prepend_bos=False, d_model=c.n_embd, d_head=c.n_embd // c.n_head,
+        n_heads=c.n_head, d_mlp=4 * c.n_embd, n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon,
+        d_vocab=c.vocab_size, act_fn=c.activation_function, normalization_type="LN",
+        positional_embedding_type="rotary", rotary_dim=c.rotary_dim, rotary_adjacent_pairs=True,
+        parallel_attn_mlp=True, original_architecture="GPTJForCausalLM",
+    )  # fmt: skip
+
+
 CASES = {
     "gemma2": (_gemma2, convert_gemma_weights),
     "qwen3": (_qwen3, convert_qwen3_weights),
     "gpt_neo": (_gpt_neo, convert_neo_weights),
     "opt": (_opt, convert_opt_weights),
+    "gptj": (_gptj, convert_gptj_weights),
 }
 
 
