@@ -59,6 +59,10 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     raise TypeError(f"dtype must be a str or torch.dtype, got {type(dtype).__name__}")
 
 
+# rope_scaling types lens implements (lens.components.rotary); any other raises when the config is built
+ROPE_TYPES = (None, "default", "linear", "llama3")
+
+
 @dataclass
 class TransformerConfig:
     """Architecture and runtime settings of a :class:`lens.HookedTransformer`.
@@ -202,6 +206,12 @@ class TransformerConfig:
                 raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= d_head={self.d_head}")
             if self.rotary_base <= 0:
                 raise ValueError(f"rotary_base={self.rotary_base} must be positive")
+        if self.rope_scaling:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+            if kind not in ROPE_TYPES:
+                raise ValueError(
+                    f"rope_scaling type {kind!r} is not supported (supported: {', '.join(map(str, ROPE_TYPES[1:]))})"
+                )
         if self.rotary_base_local is not None:
             if self.positional != "rotary" or not self.rotary_base_local > 0:
                 raise ValueError(

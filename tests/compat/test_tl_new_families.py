@@ -1,4 +1,4 @@
-"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo, OPT, GPT-J, Phi) against TransformerLens 2.18 (optional oracle).
+"""Families added for #13 (7 of them) against TransformerLens 2.18 (optional oracle).
 
 Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
 weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
@@ -20,6 +20,7 @@ from transformer_lens.pretrained.weight_conversions.gptj import convert_gptj_wei
 from transformer_lens.pretrained.weight_conversions.neo import convert_neo_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.opt import convert_opt_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.phi import convert_phi_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.phi3 import convert_phi3_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights  # noqa: E402
 
 import lens  # noqa: E402
@@ -95,6 +96,19 @@ def _phi(c) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _phi3(c) -> dict[str, Any]:
+    d_head = c.hidden_size // c.num_attention_heads
+    return dict(
+        device="cpu", dtype=torch.float32, default_prepend_bos=False, d_model=c.hidden_size, d_head=d_head,
+        n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn=c.hidden_act,
+        n_key_value_heads=c.num_key_value_heads, normalization_type="RMS", positional_embedding_type="rotary",
+        rotary_dim=d_head, rotary_adjacent_pairs=False, gated_mlp=True, final_rms=True, use_local_attn=True,
+        attn_types=["local"] * c.num_hidden_layers, window_size=c.sliding_window,
+        original_architecture="Phi3ForCausalLM",
+    )  # fmt: skip
+
+
 CASES = {
     "gemma2": (_gemma2, convert_gemma_weights),
     "qwen3": (_qwen3, convert_qwen3_weights),
@@ -102,6 +116,7 @@ CASES = {
     "opt": (_opt, convert_opt_weights),
     "gptj": (_gptj, convert_gptj_weights),
     "phi": (_phi, convert_phi_weights),
+    "phi3": (_phi3, convert_phi3_weights),
 }
 
 

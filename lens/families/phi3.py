@@ -1,0 +1,74 @@
+"""Phi-3 / Phi-4-mini: the Llama layout with fused ``qkv_proj`` and ``gate_up_proj`` and a sliding window.
+
+- ``qkv_proj`` rows are ``[q; k; v]``, lens's own layout; ``gate_up_proj`` rows are ``[gate; up]`` and are
+  split in two at load.
+- ``sliding_window`` (when set) applies to every layer, as in ``transformers``.
+- Partial rotary from ``partial_rotary_factor`` (``rope_parameters`` or top level; Phi-4-mini: 0.75).
+- Long-context rope (``longrope`` / ``su``: the 128k variants) is not supported yet and raises a
+  ``ValueError`` naming the rope type before any weight is read.
+
+Checkpoints: the 4k-context models, microsoft/Phi-3-mini-4k-instruct and Phi-3-medium-4k-instruct (the
+128k models, Phi-3.5 and Phi-4-mini use longrope).
+
+>>> cfg = ADAPTER.config({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+...                       "intermediate_size": 128, "vocab_size": 100, "sliding_window": 16})
+>>> cfg["window_size"], cfg["gated_mlp"]
+(16, True)
+"""
+
+from __future__ import annotations
+
+from lens.families.base import TINY_SHAPE, Adapter, WeightSpec, same
+from lens.families.llama import llama_config
+
+
+def _config(hf: dict) -> dict:
+    fields = llama_config(hf)
+    factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    rotary_dim = int(fields["d_head"] * factor)
+    fields.update(rotary_dim=rotary_dim - rotary_dim % 2, qkv_bias=False, attn_out_bias=False, mlp_bias=False)
+    if hf.get("sliding_window"):
+        fields["window_size"] = int(hf["sliding_window"])
+    return fields
+
+
+def _half(name: str, first: bool) -> WeightSpec:
+    def take(ts):
+        rows = ts[0].shape[0] // 2
+        return ts[0][:rows] if first else ts[0][rows:]
+
+    return WeightSpec((name,), take, "first half of the rows" if first else "second half of the rows")
+
+
+def _weights(cfg) -> dict:
+    w = {"embed.weight": same("model.embed_tokens.weight")}
+    for i in range(cfg.n_layers):
+        h, b = f"model.layers.{i}.", f"blocks.{i}."
+        w[b + "ln1.w"] = same(h + "input_layernorm.weight")
+        w[b + "attn.qkv_weight"] = same(h + "self_attn.qkv_proj.weight")
+        w[b + "attn.o_weight"] = same(h + "self_attn.o_proj.weight")
+        w[b + "ln2.w"] = same(h + "post_attention_layernorm.weight")
+        w[b + "mlp.gate_weight"] = _half(h + "mlp.gate_up_proj.weight", first=True)
+        w[b + "mlp.in_weight"] = _half(h + "mlp.gate_up_proj.weight", first=False)
+        w[b + "mlp.out_weight"] = same(h + "mlp.down_proj.weight")
+    w["ln_final.w"] = same("model.norm.weight")
+    if not cfg.tie_word_embeddings:
+        w["unembed.weight"] = same("lm_head.weight")
+    return w
+
+
+ADAPTER = Adapter(
+    name="phi3",
+    architectures=("Phi3ForCausalLM",),
+    model_types=("phi3",),
+    config=_config,
+    weights=_weights,
+    ignore=("rotary_emb.inv_freq",),
+    tiny={  # grouped-query attention and a sliding window of 5 on every layer
+        "phi3": (
+            "Phi3ForCausalLM",
+            dict(TINY_SHAPE, num_key_value_heads=2, max_position_embeddings=64, sliding_window=5,
+                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        ),
+    },
+)  # fmt: skip

@@ -1,0 +1,38 @@
+"""Checkpoint configs with a feature lens does not implement raise ``ValueError`` naming the key and value,
+before any weight is read (the weights are deleted here, so reading them would fail differently)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lens import HookedTransformer
+from tests.tiny import saved
+
+pytest.importorskip("transformers")
+
+CASES = [  # (tiny variant, config change, words of the error)
+    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}, "longrope"),
+    ("phi3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}}, "yarn"),
+    ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before=False"),
+    ("opt", {"word_embed_proj_dim": 16}, "word_embed_proj_dim=16"),
+    ("phi", {"qk_layernorm": True}, "qk_layernorm=True"),
+    ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
+    ("gpt_neo", {"attention_types": [[["global", "sparse"], 1]]}, "attention_types="),
+]
+
+
+@pytest.mark.parametrize(("variant", "change", "words"), CASES, ids=[f"{v}-{w}" for v, _, w in CASES])
+def test_unsupported_feature_raises_before_weights_are_read(tmp_path, variant, change, words):
+    directory = tmp_path / variant
+    shutil.copytree(saved(variant)[0], directory)
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(change)
+    path.write_text(json.dumps(cfg))
+    for weights in directory.glob("*.safetensors"):
+        weights.write_bytes(b"not a checkpoint")  # reading them would raise a different error
+    with pytest.raises(ValueError, match=words):
+        HookedTransformer.from_pretrained(directory)
