@@ -1,4 +1,4 @@
-"""Families added for #13 (7 of them) against TransformerLens 2.18 (optional oracle).
+"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo, OPT, GPT-J, Phi, Phi-3) against TransformerLens 2.18.
 
 Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
 weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
