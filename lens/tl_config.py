@@ -31,9 +31,9 @@ class ConfigUntranslatable(ValueError):
     """A ``HookedTransformerConfig`` field or value that lens's ``TransformerConfig`` cannot express."""
 
 
-# TransformerLens 2.x fields lens has no equivalent for, with the value that means "off" (any other raises).
+# TransformerLens 2.x fields lens has no equivalent for, with the value that means "off" (any other raises);
+# fields lens has under the same name (use_qk_norm, the soft caps, ...) pass through before this table is read.
 TL_OFF: dict[str, Any] = {
-    "use_qk_norm": False,
     "use_local_attn": False,
     "original_architecture": None,
     "from_checkpoint": False,
@@ -44,26 +44,18 @@ TL_OFF: dict[str, Any] = {
     "attention_dir": "causal",
     "scale_attn_by_inverse_layer_idx": False,
     "final_rms": False,
-    "d_vocab_out": -1,
     "n_params": None,
     "tokenizer_prepends_bos": None,
     "post_embedding_ln": False,
-    "rotary_base_local": None,
     "trust_remote_code": False,
-    "rotary_adjacent_pairs": False,
     "load_in_4bit": False,
     "num_experts": None,
     "experts_per_token": None,
     "relative_attention_max_distance": None,
     "relative_attention_num_buckets": None,
     "decoder_start_token_id": None,
-    "use_normalization_before_and_after": False,
-    "attn_scores_soft_cap": -1.0,
-    "output_logits_soft_cap": -1.0,
     "use_NTK_by_parts_rope": False,
     "attn_types": None,
-    "ungroup_grouped_query_attention": False,
-    "use_hook_tokens": False,
 }
 # Fields that only steer TransformerLens's random init or bookkeeping: dropped whatever their value.
 TL_IGNORED = (

@@ -207,7 +207,7 @@ class Attention(nn.Module):
             if ctx.key_pos is not None:  # a sliding-window ring buffer, keys in slot order
                 key_pos = ctx.key_pos.get(self.window)
         k_len = kh.shape[-2]
-        if cfg.attn_scores_soft_cap is not None or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
+        if self.explicit:
             if key_pos is not None:  # hooks see keys in position order
                 order = key_pos.argsort()
                 kh, vh = kh[:, :, order], vh[:, :, order]

@@ -125,6 +125,13 @@ def rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return float(base), {k: v for k, v in scaling.items() if k != "rope_theta"}
 
 
+def partial_rotary_dim(hf: dict[str, Any], d_head: int, default: float = 1.0) -> int:
+    """``int(d_head * partial_rotary_factor)``, the factor read from ``rope_parameters`` (transformers 5)
+    or the top level (transformers 4), as ``transformers`` computes the rotated features."""
+    params = hf.get("rope_parameters") or {}
+    return int(d_head * params.get("partial_rotary_factor", hf.get("partial_rotary_factor", default)))
+
+
 def context_fields(trained: int) -> dict[str, int]:
     """Long-context models load with ``DEFAULT_MAX_CONTEXT``; ``context_size_override`` raises it."""
     return {"n_ctx_trained": trained, "n_ctx": min(trained, DEFAULT_MAX_CONTEXT)}

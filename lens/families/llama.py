@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, rope_settings, same
+from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, partial_rotary_dim, rope_settings, same
 
 _LLAMA3_ROPE = dict(
     rope_type="llama3",
@@ -34,7 +34,7 @@ def llama_config(hf: dict) -> dict:
         positional="rotary",
         rotary_base=base,
         rope_scaling=scaling,
-        rotary_dim=int(d_head * hf.get("partial_rotary_factor", 1.0)),
+        rotary_dim=partial_rotary_dim(hf, d_head),
         gated_mlp=True,
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         qkv_bias=bool(hf.get("attention_bias", False)),

@@ -16,7 +16,7 @@ Checkpoints: microsoft/phi-1, phi-1_5, phi-2. (Phi-3 is a different architecture
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, rope_settings, same
+from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, partial_rotary_dim, rope_settings, same
 
 
 def _config(hf: dict) -> dict:
@@ -26,8 +26,6 @@ def _config(hf: dict) -> dict:
     kv = hf.get("num_key_value_heads") or n_heads
     d_head = hf["hidden_size"] // n_heads
     base, scaling = rope_settings(hf)
-    factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
-    rotary_dim = int(d_head * factor)
     return dict(
         n_layers=hf["num_hidden_layers"],
         d_model=hf["hidden_size"],
@@ -42,7 +40,7 @@ def _config(hf: dict) -> dict:
         positional="rotary",
         rotary_base=base,
         rope_scaling=scaling,
-        rotary_dim=rotary_dim - rotary_dim % 2,
+        rotary_dim=partial_rotary_dim(hf, d_head, default=0.5),
         parallel_attn_mlp=True,
         unembed_bias=True,
         tie_word_embeddings=hf.get("tie_word_embeddings", False),

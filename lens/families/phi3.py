@@ -23,10 +23,8 @@ from lens.families.llama import llama_config
 
 
 def _config(hf: dict) -> dict:
-    fields = llama_config(hf)
-    factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    rotary_dim = int(fields["d_head"] * factor)
-    fields.update(rotary_dim=rotary_dim - rotary_dim % 2, qkv_bias=False, attn_out_bias=False, mlp_bias=False)
+    fields = llama_config(hf)  # partial rotary included
+    fields.update(qkv_bias=False, attn_out_bias=False, mlp_bias=False)
     if hf.get("sliding_window"):
         fields["window_size"] = int(hf["sliding_window"])
     return fields
