@@ -93,6 +93,11 @@ class TransformerConfig:
     layer always runs the explicit attention path, since SDPA cannot cap); ``output_logits_soft_cap=c`` caps
     the logits the same way.
 
+    Mixture of experts (Mixtral, Qwen3-MoE; TransformerLens's names): ``num_experts`` gated MLPs per layer
+    behind a router that sends each token to ``experts_per_token`` of them (``blocks.{i}.mlp`` is then a
+    :class:`lens.components.moe.MoE`); ``moe_renormalize``: the chosen experts' softmax probabilities are
+    rescaled to sum to one (Mixtral; Qwen3-MoE's ``norm_topk_prob``).
+
     ``rotary_adjacent_pairs`` (GPT-J; TransformerLens's name): rotary rotates adjacent feature pairs
     ``(0, 1), (2, 3), ...`` instead of the two halves of the rotary features (the GPT-NeoX / Llama convention).
 
@@ -152,6 +157,9 @@ class TransformerConfig:
     use_normalization_before_and_after: bool = False
     attn_scores_soft_cap: float | None = None
     output_logits_soft_cap: float | None = None
+    num_experts: int | None = None
+    experts_per_token: int | None = None
+    moe_renormalize: bool = True
     default_prepend_bos: bool = True
     default_padding_side: str = "right"
     tokenizer_name: str | None = None
@@ -228,6 +236,8 @@ class TransformerConfig:
             cap = getattr(self, name)
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
                 raise ValueError(f"{name}={cap!r} must be None (no cap) or a positive number")
+        if self.num_experts is not None or self.experts_per_token is not None:
+            self._check_moe()
         if self.parallel_attn_mlp and self.attn_only:
             raise ValueError("parallel_attn_mlp=True needs an MLP, but attn_only=True")
         if self.n_ctx_trained is not None:
@@ -235,6 +245,19 @@ class TransformerConfig:
         if self.default_padding_side not in ("left", "right"):
             raise ValueError(f"default_padding_side={self.default_padding_side!r} must be 'left' or 'right'")
         self.dtype = resolve_dtype(self.dtype)
+
+    def _check_moe(self) -> None:
+        if self.num_experts is None or self.experts_per_token is None:
+            raise ValueError(
+                f"a mixture-of-experts MLP needs both num_experts and experts_per_token, got "
+                f"num_experts={self.num_experts}, experts_per_token={self.experts_per_token}"
+            )
+        _check_positive_int("num_experts", self.num_experts)
+        _check_positive_int("experts_per_token", self.experts_per_token)
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"experts_per_token={self.experts_per_token} must be <= num_experts={self.num_experts}")
+        if not self.gated_mlp or self.attn_only:
+            raise ValueError("a mixture-of-experts MLP (num_experts set) needs gated_mlp=True and attn_only=False")
 
     # -- helpers -------------------------------------------------------------------------------
     def is_layer_norm_activation(self) -> bool:
@@ -259,6 +282,8 @@ class TransformerConfig:
         """Approximate count of weight-matrix parameters (TransformerLens convention: no embeddings)."""
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_key_value_heads)
         mlp = 0 if self.attn_only else self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+        if self.num_experts is not None:  # every expert's MLP plus the router
+            mlp = mlp * self.num_experts + self.d_model * self.num_experts
         return self.n_layers * (attn + mlp)
 
     def replace(self, **changes: Any) -> TransformerConfig:

@@ -33,6 +33,9 @@ LAYOUTS: dict[str, dict] = {
         window_size=4,
         window_layers=(0,),
     ),
+    "Mixtral style (as Mistral, with a mixture-of-experts MLP: top-2 of 5 experts here)": dict(
+        positional="rotary", normalization="RMS", gated_mlp=True, act_fn="silu", num_experts=5, experts_per_token=2
+    ),
     "GPT-NeoX / Pythia style (parallel attention + MLP, partial rotary)": dict(
         positional="rotary", normalization="LN", parallel_attn_mlp=True, rotary_dim=2
     ),
@@ -55,6 +58,8 @@ def _symbolic(shape: tuple[int, ...], cfg: TransformerConfig) -> str:
     }  # fmt: skip
     if cfg.n_key_value_heads != cfg.n_heads:
         names[cfg.n_key_value_heads] = "kv_head"
+    if cfg.num_experts is not None:
+        names.update({_BATCH * _POS: "batch*pos", cfg.num_experts: "num_experts", cfg.experts_per_token: "k"})
     parts = [names.get(n, str(n)) for n in shape]
     if len(shape) == 4 and shape[2:] == (_POS, _POS):
         parts[2:] = ["query_pos", "key_pos"]
@@ -70,7 +75,13 @@ def hook_table(overrides: dict) -> list[tuple[str, str]]:
     missing = set(model.hook_dict) - set(cache.keys())
     if missing:
         raise RuntimeError(f"hook points that never fired: {sorted(missing)}")
-    return [(name.replace("blocks.0.", "blocks.{i}."), _symbolic(tuple(cache[name].shape), cfg)) for name in cache]
+    rows = []
+    for name in cache:
+        shape = _symbolic(tuple(cache[name].shape), cfg)
+        if ".experts." in name:  # an expert sees only the tokens routed to it
+            shape = "[tokens routed to e, " + shape.split(", ", 1)[1]
+        rows.append((name.replace("blocks.0.", "blocks.{i}.").replace(".experts.0.", ".experts.{e}."), shape))
+    return [row for row in rows if ".experts." not in row[0] or ".experts.{e}." in row[0]]
 
 
 def markdown() -> str:

@@ -399,10 +399,24 @@ def load_weights(
 
 def _fill(model, adapter: Adapter, reader: CheckpointReader) -> None:
     names = adapter.source_names(reader.names)
+    parts: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {}  # unpacked name -> (fused tensor, slice)
+    if adapter.unpack is not None:
+        for canonical, actual in list(names.items()):
+            for part, take in adapter.unpack(canonical, model.cfg).items():
+                parts[part] = (actual, take)
+                names.pop(canonical, None)
+    last: list = [None, None]  # the fused tensor read last: its slices are asked for one after another
+
+    def get(name: str) -> Tensor:
+        if name not in parts:
+            return reader.get(names[name])
+        actual, take = parts[name]
+        if last[0] != actual:
+            last[:] = [actual, reader.get(actual)]
+        return take(last[1])
+
     try:
-        load_weights(
-            model, adapter.weights(model.cfg), lambda n: reader.get(names[n]), names, adapter.ignored(model.cfg)
-        )
+        load_weights(model, adapter.weights(model.cfg), get, [*names, *parts], adapter.ignored(model.cfg))
     finally:
         reader.close()
 

@@ -130,6 +130,11 @@ class ProcessingFlags:
                 f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
                 "load without center_writing_weights"
             )
+        if self.fold_ln and cfg.num_experts is not None and cfg.normalization == "LN" and cfg.norm_bias:
+            raise ValueError(
+                "fold_ln cannot fold a LayerNorm bias into a mixture-of-experts router (it has no bias: the "
+                "routing would change); load without fold_ln"
+            )
         if self.center_unembed and cfg.output_logits_soft_cap is not None:
             raise ValueError(
                 f"center_unembed cannot keep log-probs with output_logits_soft_cap={cfg.output_logits_soft_cap} "
@@ -215,14 +220,20 @@ def _ensure_mlp_biases(model) -> None:
     """Give every MLP in/gate/out biases (zeros) and set ``cfg.mlp_bias``; they come as a set."""
     cfg = model.cfg
     for block in model.blocks:
-        mlp = getattr(block, "mlp", None)
-        if mlp is None:
-            continue
-        _ensure_bias(mlp, "in_bias", mlp.in_weight, cfg.d_mlp)
-        if cfg.gated_mlp:
-            _ensure_bias(mlp, "gate_bias", mlp.gate_weight, cfg.d_mlp)
-        _ensure_bias(mlp, "out_bias", mlp.out_weight, cfg.d_model)
+        for mlp in _mlps(block):
+            _ensure_bias(mlp, "in_bias", mlp.in_weight, cfg.d_mlp)
+            if cfg.gated_mlp:
+                _ensure_bias(mlp, "gate_bias", mlp.gate_weight, cfg.d_mlp)
+            _ensure_bias(mlp, "out_bias", mlp.out_weight, cfg.d_model)
     cfg.mlp_bias = True
+
+
+def _mlps(block) -> list[nn.Module]:
+    """The block's dense MLPs: its MLP, or every expert of a mixture-of-experts MLP."""
+    mlp = getattr(block, "mlp", None)
+    if mlp is None:
+        return []
+    return list(mlp.experts) if hasattr(mlp, "experts") else [mlp]
 
 
 @torch.no_grad()
@@ -277,12 +288,18 @@ def fold_layer_norm(model) -> None:
         cfg.unembed_bias = True
     for block in model.blocks:
         _fold_into(block.ln1, [block.attn.qkv_weight], [block.attn.qkv_bias], center)
-        mlp = getattr(block, "mlp", None)
-        if mlp is not None:
-            weights, biases = [mlp.in_weight], [mlp.in_bias]
-            if cfg.gated_mlp:
-                weights.append(mlp.gate_weight)
-                biases.append(mlp.gate_bias)
+        mlps = _mlps(block)
+        if mlps:
+            weights, biases = [], []
+            if hasattr(block.mlp, "router_weight"):  # the router reads ln2's output too (it has no bias)
+                weights.append(block.mlp.router_weight)
+                biases.append(None)
+            for mlp in mlps:
+                weights.append(mlp.in_weight)
+                biases.append(mlp.in_bias)
+                if cfg.gated_mlp:
+                    weights.append(mlp.gate_weight)
+                    biases.append(mlp.gate_bias)
             _fold_into(block.ln2, weights, biases, center)
     untie_embeddings(model)
     _fold_into(model.ln_final, [model.unembed.weight], [model.unembed.bias], center)
@@ -305,8 +322,7 @@ def center_writing_weights(model) -> None:
     for block in model.blocks:
         center(block.attn.o_weight, 0)  # [d_model, h * d_head]: d_model is dim 0
         center(block.attn.o_bias, 0)
-        mlp = getattr(block, "mlp", None)
-        if mlp is not None:
+        for mlp in _mlps(block):
             center(mlp.out_weight, 0)
             center(mlp.out_bias, 0)
 

@@ -23,6 +23,7 @@ from lens.components.attention import Attention
 from lens.components.hook_flags import stale_flag_error
 from lens.components.masking import AttentionContext
 from lens.components.mlp import MLP
+from lens.components.moe import MoE
 from lens.components.norm import make_norm
 from lens.config import TransformerConfig
 from lens.hooks import HookPoint
@@ -39,7 +40,7 @@ class TransformerBlock(nn.Module):
         self.ln1_post = make_norm(cfg) if sandwich else None
         if self.has_mlp:
             self.ln2 = make_norm(cfg)
-            self.mlp = MLP(cfg)
+            self.mlp = MoE(cfg) if cfg.num_experts is not None else MLP(cfg)
             self.ln2_post = make_norm(cfg) if sandwich else None
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()

@@ -74,6 +74,11 @@ class Adapter:
     # (regex, replacement) pairs giving a checkpoint tensor the name ``weights`` uses, for families whose
     # files and in-memory ``transformers`` modules spell a tensor differently (NeoX's embed_out/lm_head)
     renames: tuple[tuple[str, str], ...] = field(default=())
+    # for families whose in-memory ``transformers`` modules fuse tensors the files keep apart (Mixtral's
+    # experts: one [experts, 2 * d_mlp, d_model] ``gate_up_proj`` in memory, ``experts.{e}.w1``/``w3`` on disk):
+    # ``unpack(name, cfg)`` gives ``{name weights() uses: slice of that tensor}`` for such a (renamed) tensor
+    # and ``{}`` for any other
+    unpack: Callable[[str, TransformerConfig], dict[str, Callable[[Tensor], Tensor]]] | None = field(default=None)
     # tiny test models: {variant name: (transformers model class name, config kwargs)}; the first is the
     # family's default. Tests build, save and compare every variant against ``transformers``.
     tiny: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
