@@ -5,6 +5,8 @@
   ``query_pre_attn_scalar`` 64, sandwich norms; batch 4 x 512 tokens. Both sides run explicit attention
   (Hugging Face's ``eager``: its SDPA path cannot soft-cap; lens's capped layers likewise).
 - **Qwen3-shaped**: the same size with q/k norms, full attention, Hugging Face ``sdpa``.
+- **Mixtral-shaped**: the same attention with a mixture-of-experts MLP (top-2 of 8 experts of width 1152),
+  Hugging Face ``sdpa``.
 
 Random weights (``tests``-style O(1) scale is not needed for timing), fp32 CPU; lens converts the HF model.
 Reports median seconds of interleaved calls and lens/HF; max |logit difference| is checked every run.
@@ -44,7 +46,17 @@ def qwen3_shaped():
     return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SHAPE, attn_implementation="sdpa"))
 
 
-MODELS = {"gemma2": gemma2_shaped, "qwen3": qwen3_shaped}
+def mixtral_shaped():
+    import transformers
+
+    cfg = transformers.MixtralConfig(
+        **{**SHAPE, "intermediate_size": 1152}, num_local_experts=8, num_experts_per_tok=2,
+        attn_implementation="sdpa",
+    )  # fmt: skip
+    return transformers.MixtralForCausalLM(cfg)
+
+
+MODELS = {"gemma2": gemma2_shaped, "qwen3": qwen3_shaped, "mixtral": mixtral_shaped}
 
 
 def bench(name: str, batch: int, seq: int, repeats: int) -> dict:
@@ -78,13 +90,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch} x {seq}, {repeats} repeats")
     results = []
     for name in MODELS:
-        r = bench(name, batch, seq, repeats)
-        results.append(r)
-        print(
-            f"  {name:7s} HF {1e3 * r['hf']:8.1f} ms   lens {1e3 * r['lens']:8.1f} ms   "
-            f"lens/HF = {r['lens_over_hf']:.3f}   max |logit diff| {r['max_abs_logit_diff']:.2e}"
-        )
+        results.append(bench(name, batch, seq, repeats))
+        print_row(results[-1])
     print(json.dumps(results))
+
+
+def print_row(r: dict) -> None:
+    print(
+        f"  {r['model']:7s} HF {1e3 * r['hf']:8.1f} ms   lens {1e3 * r['lens']:8.1f} ms   "
+        f"lens/HF = {r['lens_over_hf']:.3f}   max |logit diff| {r['max_abs_logit_diff']:.2e}"
+    )
 
 
 if __name__ == "__main__":

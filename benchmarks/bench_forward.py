@@ -288,7 +288,8 @@ def main() -> None:
     parser.add_argument(
         "--keep-freed-memory", action="store_true", help="call lens.utils.keep_freed_memory() first (opt-in tuning)"
     )
-    parser.add_argument("--skip-long", action="store_true", help="only the GPT-2-small measurements")
+    parser.add_argument("--skip-long", action="store_true", help="skip the long-context Mistral-shaped part")
+    parser.add_argument("--skip-families", action="store_true", help="skip the Gemma-2- and Mixtral-shaped rows")
     parser.add_argument(
         "--baseline", metavar="REF", default=None, help="also measure lens at git revision REF (GPT-2 part)"
     )
@@ -336,8 +337,17 @@ def main() -> None:
     print(f"  max |logit diff| vs HF: {g['max_abs_logit_diff']:.2e}")
     if args.baseline:
         print_baseline(g)
+    fam = []
+    if not args.skip_families:
+        from benchmarks import bench_families
+
+        batch, fseq, frepeats = (1, 128, 2) if args.quick else (4, 512, 5)
+        print(f"#13 family shapes (benchmarks/bench_families.py), fp32 CPU, batch {batch} x {fseq}")
+        for name in ("gemma2", "mixtral"):
+            fam.append(bench_families.bench(name, batch, fseq, frepeats))
+            bench_families.print_row(fam[-1])
     if args.skip_long:
-        print(json.dumps({"gpt2": g}))
+        print(json.dumps({"gpt2": g, "families": fam}))
         return
     seq = 2048 if args.quick else args.seq
     m = bench_long_context(seq, repeats=1 if args.quick else args.repeats)
@@ -362,7 +372,7 @@ def main() -> None:
             f"(TL/HF = {tl['long']['peak_bytes'] / m['hf_peak']:.1f}); building the model took "
             f"+{fmt_bytes(tl['long']['model_build_peak_bytes'])}"
         )
-    print(json.dumps({"gpt2": g, "long_context": m, "transformer_lens": tl}))
+    print(json.dumps({"gpt2": g, "long_context": m, "transformer_lens": tl, "families": fam}))
 
 
 if __name__ == "__main__":
