@@ -32,6 +32,40 @@ TINY_SHAPE: dict[str, Any] = dict(
 )
 
 
+# Keys of every ``transformers`` config (either major version) that do not change what the forward pass
+# computes: metadata, token ids, generation defaults, output switches, and training-only settings (dropout,
+# initialisation, auxiliary losses). Any other key of a checkpoint's config must be declared by its adapter.
+GENERIC_KEYS = frozenset(
+    {
+        # metadata and bookkeeping
+        "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
+        "use_bfloat16", "_commit_hash", "_attn_implementation_autoset", "attn_implementation", "auto_map",
+        "tokenizer_class", "prefix", "task_specific_params", "finetuning_task", "id2label", "label2id",
+        "problem_type", "torchscript", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward",
+        "is_encoder_decoder", "is_decoder", "tie_encoder_decoder", "cross_attention_hidden_size",
+        "return_dict", "output_hidden_states", "output_attentions", "output_scores", "return_dict_in_generate",
+        "use_cache", "cache_implementation", "transformers.js_config", "quantization_config_ignored",
+        # token ids and generation defaults (lens's generate takes its own arguments)
+        "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+        "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+        "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+        "num_return_sequences", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+        "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+        # training only
+        "initializer_range", "init_std", "attention_dropout", "attn_pdrop", "embd_pdrop", "resid_pdrop",
+        "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+        "embed_dropout", "resid_dropout", "dropout", "activation_dropout", "layerdrop", "summary_type",
+        "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+        "router_aux_loss_coef", "output_router_logits", "router_z_loss_coef", "gradient_checkpointing",
+    }
+)  # fmt: skip
+
+
+# Keys of every config that name a feature lens does not implement, accepted only at their "off" value
+GENERIC_DEFAULTS: dict[str, Any] = {"add_cross_attention": False}
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """One lens parameter built from one or more Hugging Face tensors."""
@@ -79,6 +113,13 @@ class Adapter:
     # ``unpack(name, cfg)`` gives ``{name weights() uses: slice of that tensor}`` for such a (renamed) tensor
     # and ``{}`` for any other
     unpack: Callable[[str, TransformerConfig], dict[str, Callable[[Tensor], Tensor]]] | None = field(default=None)
+    # The Hugging Face config keys the adapter reads (``config`` may read only these), those of the family it
+    # may safely ignore (derived from others, or without effect in inference), and those lens does not
+    # implement, accepted only at the value that switches the feature off (None is accepted too). Any
+    # other key (beyond GENERIC_KEYS) raises before any weight is read: see ``check_keys``.
+    handles: tuple[str, ...] = field(default=())
+    ignores: tuple[str, ...] = field(default=())
+    defaults: dict[str, Any] = field(default_factory=dict, hash=False)
     # tiny test models: {variant name: (transformers model class name, config kwargs)}; the first is the
     # family's default. Tests build, save and compare every variant against ``transformers``.
     tiny: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
@@ -112,7 +153,36 @@ class Adapter:
             out[canonical] = name
         return out
 
+    def check_keys(self, hf: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for config keys this adapter does not declare, or a declared-off feature on.
+
+        >>> ad = Adapter("x", (), (), dict, dict, handles=("hidden_size",), defaults={"use_mrope": False})
+        >>> ad.check_keys({"hidden_size": 8, "use_cache": True, "use_mrope": False})
+        >>> ad.check_keys({"hidden_size": 8, "use_mrope": True})
+        Traceback (most recent call last):
+        ...
+        ValueError: the x config has use_mrope=True, a feature lens does not implement (it loads only use_mrope=False)
+        """
+        defaults = {**GENERIC_DEFAULTS, **self.defaults}
+        known = GENERIC_KEYS.union(self.handles, self.ignores, defaults)
+        unknown = sorted(k for k in hf if k not in known)
+        if unknown:
+            shown = ", ".join(f"{k}={hf[k]!r}" for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise ValueError(
+                f"the {self.name} config has key(s) lens does not know: {shown}; they may describe a feature lens "
+                f"does not implement, so it refuses to load rather than compute different numbers (if a key is "
+                f"harmless, declare it in the {self.name} adapter's ignores)"
+            )
+        for key, off in defaults.items():
+            value = hf.get(key)
+            if value is not None and value != off:
+                raise ValueError(
+                    f"the {self.name} config has {key}={value!r}, a feature lens does not implement "
+                    f"(it loads only {key}={off!r})"
+                )
+
     def make_config(self, hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
+        self.check_keys(hf)
         fields = self.config(hf)
         fields.setdefault("model_name", hf.get("_name_or_path") or self.name)
         fields.update({k: v for k, v in overrides.items() if v is not None})

@@ -12,7 +12,9 @@ released configs means the tanh approximation, as in ``transformers``.
 from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter, plus_one
-from lens.families.llama import llama_config, llama_weights
+from lens.families.llama import LLAMA_KEYS, llama_config, llama_weights
+
+GEMMA_KEYS = LLAMA_KEYS + ("hidden_activation",)  # the keys gemma_config reads
 
 
 def gemma_config(hf: dict) -> dict:
@@ -43,6 +45,8 @@ ADAPTER = Adapter(
     config=gemma_config,
     weights=gemma_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=GEMMA_KEYS,
+    defaults={"use_bidirectional_attention": False},
     tiny={  # multi-query attention, head_dim 16 != d_model / n_heads
         "gemma": ("GemmaForCausalLM", dict(TINY_SHAPE, num_key_value_heads=1, head_dim=16)),
     },

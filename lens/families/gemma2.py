@@ -21,7 +21,12 @@ are trained on.
 from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter, plus_one
-from lens.families.gemma import gemma_config, gemma_weights
+from lens.families.gemma import GEMMA_KEYS, gemma_config, gemma_weights
+
+# the keys gemma2_config reads
+GEMMA2_KEYS = GEMMA_KEYS + (
+    "layer_types", "sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+)  # fmt: skip
 
 
 def _cap(value) -> float | None:
@@ -67,6 +72,9 @@ ADAPTER = Adapter(
     config=gemma2_config,
     weights=gemma2_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=GEMMA2_KEYS,
+    ignores=("sliding_window_size",),
+    defaults={"use_bidirectional_attention": False},
     tiny={
         # a local (window 4) and a global layer, soft caps small enough to bend O(1) scores and logits;
         # eager attention: Hugging Face's SDPA path cannot soft-cap

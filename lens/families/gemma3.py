@@ -21,7 +21,7 @@ Checkpoints: google/gemma-3-1b-pt / -it (``Gemma3ForCausalLM``); the larger Gemm
 from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter, plus_one
-from lens.families.gemma2 import gemma2_config, gemma2_weights
+from lens.families.gemma2 import GEMMA2_KEYS, gemma2_config, gemma2_weights
 
 
 def _rope(hf: dict) -> tuple[float, dict | None, float]:
@@ -49,6 +49,12 @@ def _rope(hf: dict) -> tuple[float, dict | None, float]:
 def _config(hf: dict) -> dict:
     if hf.get("use_bidirectional_attention"):
         raise ValueError("use_bidirectional_attention=True (Gemma 3 as an encoder) is not supported: lens is causal")
+    if not hf.get("layer_types"):  # configs before transformers 4.53: every `sliding_window_pattern`-th is global
+        pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+        kinds = [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(hf["num_hidden_layers"])
+        ]
+        hf = {**hf, "layer_types": kinds}
     fields = gemma2_config(hf)
     base, scaling, local_base = _rope(hf)
     fields.update(use_qk_norm=True, rotary_base=base, rope_scaling=scaling)
@@ -73,6 +79,8 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=("rotary_emb.sliding_attention_inv_freq", "rotary_emb.full_attention_inv_freq", "inv_freq"),
+    handles=GEMMA2_KEYS
+    + ("rope_local_base_freq", "use_bidirectional_attention", "sliding_window_pattern", "_sliding_window_pattern"),
     tiny={
         # a local layer (window 4, base 10 000) and a global one (base 1e6, linear scaling by 8)
         "gemma3": (

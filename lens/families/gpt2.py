@@ -63,6 +63,21 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=(".attn.bias", ".attn.masked_bias"),
+    handles=(
+        "activation_function",
+        "layer_norm_epsilon",
+        "n_embd",
+        "n_head",
+        "n_inner",
+        "n_layer",
+        "n_positions",
+        "reorder_and_upcast_attn",
+        "scale_attn_by_inverse_layer_idx",
+        "tie_word_embeddings",
+        "vocab_size",
+    ),
+    ignores=("n_ctx",),
+    defaults={"scale_attn_weights": True},
     tiny={
         "gpt2": (
             "GPT2LMHeadModel",

@@ -92,6 +92,20 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=(".attn.attention.bias", ".attn.attention.masked_bias"),
+    handles=(
+        "activation_function",
+        "attention_types",
+        "hidden_size",
+        "intermediate_size",
+        "layer_norm_epsilon",
+        "max_position_embeddings",
+        "num_heads",
+        "num_layers",
+        "tie_word_embeddings",
+        "vocab_size",
+        "window_size",
+    ),
+    ignores=("attention_layers",),
     tiny={  # a global and a local (window 4) layer
         "gpt_neo": (
             "GPTNeoForCausalLM",

@@ -73,6 +73,11 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=(".attn.bias", ".attn.masked_bias", "embed_positions"),
+    handles=(
+        "activation_function", "layer_norm_epsilon", "max_position_embeddings", "n_embd", "n_head", "n_inner",
+        "n_layer", "n_positions", "rotary_dim", "tie_word_embeddings", "vocab_size",
+    ),  # fmt: skip
+    defaults={"rotary": True},  # GPT-J-6B's config says so; transformers reads no such key
     tiny={  # partial rotary: 4 of each head's 8 features, in adjacent pairs
         "gptj": (
             "GPTJForCausalLM",

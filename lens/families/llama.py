@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, partial_rotary_dim, rope_settings, same
 
+# the Hugging Face config keys llama_config reads (families built on it add their own)
+LLAMA_KEYS = (
+    "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size", "vocab_size", "max_position_embeddings", "hidden_act", "rms_norm_eps",
+    "rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor", "tie_word_embeddings",
+    "attention_bias", "mlp_bias",
+)  # fmt: skip
+
 _LLAMA3_ROPE = dict(
     rope_type="llama3",
     rope_theta=10000.0,
@@ -77,6 +85,8 @@ ADAPTER = Adapter(
     config=llama_config,
     weights=llama_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=LLAMA_KEYS,
+    ignores=("pretraining_tp",),
     tiny={  # Llama-3 rope scaling, grouped-query attention (4 query heads over 2 kv heads)
         "llama3": ("LlamaForCausalLM", dict(TINY_SHAPE, num_key_value_heads=2, rope_parameters=_LLAMA3_ROPE)),
     },

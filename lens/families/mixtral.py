@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 from lens.families.base import TINY_SHAPE, Adapter, same
-from lens.families.llama import llama_config, llama_weights
+from lens.families.llama import LLAMA_KEYS, llama_config, llama_weights
 
 _FUSED = re.compile(r"^(model\.layers\.\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 
@@ -83,6 +83,8 @@ ADAPTER = Adapter(
     ignore=("rotary_emb.inv_freq",),
     renames=((r"^(model\.layers\.\d+)\.mlp\.gate\.weight$", r"\1.block_sparse_moe.gate.weight"),),
     unpack=fused_experts("block_sparse_moe", "w1", "w3", "w2"),
+    handles=LLAMA_KEYS + ("sliding_window", "num_local_experts", "num_experts_per_tok"),
+    ignores=("router_jitter_noise",),
     tiny={
         # top-2 of 4 experts, grouped-query attention, a sliding window (5) shorter than the test sequences
         "mixtral": (

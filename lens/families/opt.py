@@ -86,6 +86,21 @@ ADAPTER = Adapter(
     model_types=("opt",),
     config=_config,
     weights=_weights,
+    handles=(
+        "_remove_final_layer_norm",
+        "activation_function",
+        "do_layer_norm_before",
+        "enable_bias",
+        "ffn_dim",
+        "hidden_size",
+        "layer_norm_elementwise_affine",
+        "max_position_embeddings",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "tie_word_embeddings",
+        "vocab_size",
+        "word_embed_proj_dim",
+    ),
     tiny={
         "opt": (
             "OPTForCausalLM",

@@ -78,5 +78,22 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=(
+        "hidden_act",
+        "hidden_size",
+        "intermediate_size",
+        "layer_norm_eps",
+        "max_position_embeddings",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "partial_rotary_factor",
+        "qk_layernorm",
+        "rope_parameters",
+        "rope_scaling",
+        "rope_theta",
+        "tie_word_embeddings",
+        "vocab_size",
+    ),
     tiny={"phi": ("PhiForCausalLM", dict(TINY_SHAPE, max_position_embeddings=64))},  # partial rotary: 4 of 8
 )

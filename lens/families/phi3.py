@@ -19,7 +19,7 @@ Checkpoints: the 4k-context models, microsoft/Phi-3-mini-4k-instruct and Phi-3-m
 from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter, WeightSpec, same
-from lens.families.llama import llama_config
+from lens.families.llama import LLAMA_KEYS, llama_config
 
 
 def _config(hf: dict) -> dict:
@@ -62,6 +62,7 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=LLAMA_KEYS + ("sliding_window", "original_max_position_embeddings"),
     tiny={  # grouped-query attention and a sliding window of 5 on every layer
         "phi3": (
             "Phi3ForCausalLM",

@@ -12,7 +12,10 @@ Sliding windows follow ``transformers``: only when ``use_sliding_window`` is tru
 from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter
-from lens.families.llama import llama_config, llama_weights
+from lens.families.llama import LLAMA_KEYS, llama_config, llama_weights
+
+# the keys of a Qwen config (qwen_windows reads the last four)
+QWEN_KEYS = LLAMA_KEYS + ("sliding_window", "use_sliding_window", "layer_types", "max_window_layers")
 
 
 def qwen_windows(hf: dict, n_layers: int) -> dict:
@@ -39,6 +42,8 @@ ADAPTER = Adapter(
     config=_config,
     weights=llama_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=QWEN_KEYS,
+    defaults={"use_mrope": False},
     tiny={  # tied embeddings; a sliding window on layer 1 only
         "qwen2": (
             "Qwen2ForCausalLM",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lens.families.base import TINY_SHAPE, Adapter, same
 from lens.families.llama import llama_config, llama_weights
-from lens.families.qwen2 import qwen_windows
+from lens.families.qwen2 import QWEN_KEYS, qwen_windows
 
 
 def _config(hf: dict) -> dict:
@@ -39,6 +39,8 @@ ADAPTER = Adapter(
     config=_config,
     weights=_weights,
     ignore=("rotary_emb.inv_freq",),
+    handles=QWEN_KEYS,
+    defaults={"use_mrope": False},
     tiny={
         # head_dim 16 != hidden_size / heads (8), grouped-query attention, untied
         "qwen3": ("Qwen3ForCausalLM", dict(TINY_SHAPE, num_key_value_heads=2, head_dim=16)),

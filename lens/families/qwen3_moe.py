@@ -63,6 +63,17 @@ ADAPTER = Adapter(
     weights=_weights,
     ignore=("rotary_emb.inv_freq",),
     unpack=fused_experts("mlp", "gate_proj", "up_proj", "down_proj"),
+    handles=QWEN3.handles
+    + (
+        "decoder_sparse_step",
+        "mlp_only_layers",
+        "moe_intermediate_size",
+        "norm_topk_prob",
+        "num_experts",
+        "num_local_experts",
+        "num_experts_per_tok",
+    ),
+    defaults=QWEN3.defaults,
     tiny={
         # top-2 of 4 experts renormalised, experts narrower than intermediate_size, q/k norms, GQA
         "qwen3_moe": (
