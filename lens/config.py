@@ -20,6 +20,7 @@ import torch
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "silu", "relu", "quick_gelu", "solu_ln")
 NORMALIZATIONS = ("LN", "RMS", None)
 POSITIONALS = ("learned", "rotary", None)
+QK_NORM_SCOPES = ("head", "projection")  # what one q/k norm covers: one head, or the whole projection
 
 # Models trained on longer contexts load with this ``n_ctx`` (``context_size_override`` raises it up to
 # ``n_ctx_trained``); the one definition, read by the families' configs and by lens.loading.
@@ -85,6 +86,12 @@ class TransformerConfig:
     ``use_qk_norm`` (Qwen3, Gemma 3; TransformerLens's name): an RMSNorm over ``d_head`` on every query and
     key head after the projection and before rotary (``attn.q_norm`` / ``attn.k_norm``, each with
     ``hook_scale`` and ``hook_normalized``); ``hook_q`` / ``hook_k`` see the projections before it.
+    ``qk_norm_scope`` says what one norm covers: ``"head"`` (default; the above) or ``"projection"`` (OLMo-2):
+    one RMSNorm over the whole query projection (``n_heads * d_head`` features, its own weight per feature)
+    and one over the whole key projection (``n_key_value_heads * d_head``), so the scale is shared by the
+    heads of a position; ``q_norm`` / ``k_norm`` then see ``[batch, pos, n * d_head]`` (hook_scale
+    ``[batch, pos, 1]``; under ``ungroup_grouped_query_attention`` the keys are normalised one copy of the
+    key heads at a time, ``[batch, pos, n_heads // n_key_value_heads, n_key_value_heads * d_head]``).
 
     Gemma 2 / 3 (TransformerLens's names): ``use_normalization_before_and_after`` adds a norm after each
     sublayer ("sandwich" norms: ``ln1_post`` on the attention output, ``ln2_post`` on the MLP output, before
@@ -92,6 +99,11 @@ class TransformerConfig:
     scores as ``c * tanh(scores / c)`` (before masking; ``hook_attn_scores`` sees the capped scores; such a
     layer always runs the explicit attention path, since SDPA cannot cap); ``output_logits_soft_cap=c`` caps
     the logits the same way.
+
+    ``use_normalization_after_only`` (OLMo-2): post-norm-only blocks, ``resid_mid = resid_pre +
+    ln1_post(attn(resid_pre))`` and ``resid_post = resid_mid + ln2_post(mlp(resid_mid))``: no ``ln1`` /
+    ``ln2`` (attention and MLP read the raw residual stream), ``ln1_post`` / ``ln2_post`` as with sandwich
+    norms (before ``hook_attn_out`` / ``hook_mlp_out``). Excludes ``use_normalization_before_and_after``.
 
     Mixture of experts (Mixtral, Qwen3-MoE; TransformerLens's names): ``num_experts`` gated MLPs per layer
     behind a router that sends each token to ``experts_per_token`` of them (``blocks.{i}.mlp`` is then a
@@ -154,7 +166,9 @@ class TransformerConfig:
     use_hook_tokens: bool = False
     ungroup_grouped_query_attention: bool = False
     use_qk_norm: bool = False
+    qk_norm_scope: str = "head"
     use_normalization_before_and_after: bool = False
+    use_normalization_after_only: bool = False
     attn_scores_soft_cap: float | None = None
     output_logits_soft_cap: float | None = None
     num_experts: int | None = None
@@ -240,6 +254,17 @@ class TransformerConfig:
             self._check_moe()
         if self.parallel_attn_mlp and self.attn_only:
             raise ValueError("parallel_attn_mlp=True needs an MLP, but attn_only=True")
+        if self.qk_norm_scope not in QK_NORM_SCOPES:
+            raise ValueError(f"qk_norm_scope={self.qk_norm_scope!r} must be one of {QK_NORM_SCOPES}")
+        if self.qk_norm_scope != "head" and not self.use_qk_norm:
+            raise ValueError(f"qk_norm_scope={self.qk_norm_scope!r} needs use_qk_norm=True")
+        if self.use_normalization_after_only:
+            if self.use_normalization_before_and_after:
+                raise ValueError(
+                    "use_normalization_after_only=True (post-norm only) excludes use_normalization_before_and_after"
+                )
+            if self.normalization is None:
+                raise ValueError("use_normalization_after_only=True needs a normalization, got normalization=None")
         if self.n_ctx_trained is not None:
             _check_positive_int("n_ctx_trained", self.n_ctx_trained)
         if self.default_padding_side not in ("left", "right"):

@@ -33,6 +33,17 @@ LAYOUTS: dict[str, dict] = {
         window_size=4,
         window_layers=(0,),
     ),
+    "OLMo-2 style (post-norm-only blocks, q/k norms over the whole projection)": dict(
+        positional="rotary",
+        normalization="RMS",
+        n_key_value_heads=2,
+        d_head=8,  # head * d_head = 32 and kv_head * d_head = 16 differ from every other size
+        gated_mlp=True,
+        act_fn="silu",
+        use_qk_norm=True,
+        qk_norm_scope="projection",
+        use_normalization_after_only=True,
+    ),
     "Mixtral style (as Mistral, with a mixture-of-experts MLP: top-2 of 5 experts here)": dict(
         positional="rotary", normalization="RMS", gated_mlp=True, act_fn="silu", num_experts=5, experts_per_token=2
     ),
@@ -58,6 +69,9 @@ def _symbolic(shape: tuple[int, ...], cfg: TransformerConfig) -> str:
     }  # fmt: skip
     if cfg.n_key_value_heads != cfg.n_heads:
         names[cfg.n_key_value_heads] = "kv_head"
+    if cfg.use_qk_norm and cfg.qk_norm_scope == "projection":  # q_norm / k_norm see the flattened projections
+        names[cfg.n_heads * cfg.d_head] = "head*d_head"
+        names[cfg.n_key_value_heads * cfg.d_head] = "kv_head*d_head"
     if cfg.num_experts is not None:
         names.update({_BATCH * _POS: "batch*pos", cfg.num_experts: "num_experts", cfg.experts_per_token: "k"})
     parts = [names.get(n, str(n)) for n in shape]

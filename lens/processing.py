@@ -8,9 +8,13 @@ to read without changing what the model computes. The architecture and every hoo
   bias 0. With LayerNorm the reading weights are also centred over ``d_model`` (the norm's output
   has zero mean, so this changes nothing). Tied embeddings are untied first: the embedding keeps
   its values and the unembedding gets its own, folded copy (``cfg.tie_word_embeddings = False``).
+  Norms after a sublayer (``ln1_post`` / ``ln2_post``) write to the residual stream, which no linear
+  layer reads directly, so they stay as they are; post-norm-only blocks (``use_normalization_after_only``,
+  no ``ln1`` / ``ln2``) therefore fold ``ln_final`` alone.
 - ``center_writing_weights``: subtract the mean over ``d_model`` from every weight and bias writing
   to the residual stream (``W_E``, ``W_pos``, ``W_O``/``b_O``, ``W_out``/``b_out``). Valid only when
-  every reader of the stream is a LayerNorm, which discards that mean; ``ValueError`` otherwise.
+  every reader of the stream is a LayerNorm, which discards that mean; ``ValueError`` otherwise
+  (RMSNorm, or post-norm-only blocks whose attention and MLP read the stream itself).
 - ``center_unembed``: subtract the mean over the vocabulary from ``W_U`` and ``b_U`` (shifts all
   logits of a position equally, so log-softmax is unchanged). Unties tied embeddings first.
 - ``fold_value_biases``: ``b_V`` passes through attention unchanged (pattern rows sum to one), so
@@ -129,6 +133,12 @@ class ProcessingFlags:
                 "center_writing_weights needs LayerNorm before every reader of the residual stream (it relies on "
                 f"the norm removing the mean), but this model uses normalization={cfg.normalization!r}; "
                 "load without center_writing_weights"
+            )
+        if self.center_writing_weights and cfg.use_normalization_after_only:
+            raise ValueError(
+                "center_writing_weights needs LayerNorm before every reader of the residual stream (it relies on "
+                "the norm removing the mean), but with use_normalization_after_only=True attention and MLP read "
+                "the stream without a norm; load without center_writing_weights"
             )
         if self.fold_ln and cfg.num_experts is not None and cfg.normalization == "LN" and cfg.norm_bias:
             raise ValueError(
@@ -271,7 +281,10 @@ def _fold_into(
 # -- steps --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def fold_layer_norm(model) -> None:
-    """Fold ln1 -> q/k/v, ln2 -> MLP in/gate, ln_final -> unembed; norms become weight 1, bias 0."""
+    """Fold ln1 -> q/k/v, ln2 -> MLP in/gate, ln_final -> unembed; norms become weight 1, bias 0.
+
+    Blocks without ``ln1`` / ``ln2`` (``use_normalization_after_only``) have nothing to fold there.
+    """
     cfg = model.cfg
     if cfg.normalization is None:
         raise ValueError("fold_ln needs normalization layers, but this model has none")
@@ -287,9 +300,10 @@ def fold_layer_norm(model) -> None:
         _ensure_bias(model.unembed, "bias", model.unembed.weight, cfg.d_vocab)
         cfg.unembed_bias = True
     for block in model.blocks:
-        _fold_into(block.ln1, [block.attn.qkv_weight], [block.attn.qkv_bias], center)
+        if block.ln1 is not None:
+            _fold_into(block.ln1, [block.attn.qkv_weight], [block.attn.qkv_bias], center)
         mlps = _mlps(block)
-        if mlps:
+        if mlps and block.ln2 is not None:
             weights, biases = [], []
             if hasattr(block.mlp, "router_weight"):  # the router reads ln2's output too (it has no bias)
                 weights.append(block.mlp.router_weight)

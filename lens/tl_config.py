@@ -49,8 +49,6 @@ TL_OFF: dict[str, Any] = {
     "post_embedding_ln": False,
     "trust_remote_code": False,
     "load_in_4bit": False,
-    "num_experts": None,
-    "experts_per_token": None,
     "relative_attention_max_distance": None,
     "relative_attention_num_buckets": None,
     "decoder_start_token_id": None,

@@ -125,6 +125,13 @@ class TransformerLensMethodsMixin:
                 stacklevel=3,
             )
             center_writing_weights = False
+        elif center_writing_weights and self.cfg.use_normalization_after_only:
+            warnings.warn(
+                "attention and MLP read the residual stream without a norm (use_normalization_after_only=True), "
+                "so the writing weights cannot be centered; center_writing_weights is skipped",
+                stacklevel=3,
+            )
+            center_writing_weights = False
         return ProcessingFlags(fold_ln=fold_ln, center_writing_weights=center_writing_weights, **rest)
 
     def process_weights_(

@@ -6,7 +6,8 @@ Hooks (TransformerLens names and shapes):
     ``[batch, head, query_pos, key_pos]`` (scores are masked with -inf before the hook),
     hook_z ``[batch, pos, head, d_head]``, hook_result ``[batch, pos, head, d_model]`` (use_attn_result).
     With ``cfg.use_qk_norm``, ``q_norm`` / ``k_norm`` (per-head RMSNorm, with ``hook_scale`` and
-    ``hook_normalized``) run between hook_q / hook_k and rotary.
+    ``hook_normalized``) run between hook_q / hook_k and rotary; with ``cfg.qk_norm_scope="projection"``
+    each normalises the whole projection instead (``[batch, pos, n * d_head]``, OLMo-2).
     With ``cfg.ungroup_grouped_query_attention`` hook_k / hook_v / hook_rot_k have ``head`` heads (each
     key/value head repeated for the query heads of its group, as TransformerLens); the numbers are the same.
 
@@ -61,9 +62,10 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
-        if cfg.use_qk_norm:  # per-head RMSNorm of queries and keys before rotary (Qwen3, Gemma 3)
-            self.q_norm = RMSNorm(dh, cfg.eps, cfg.dtype, cfg.device)
-            self.k_norm = RMSNorm(dh, cfg.eps, cfg.dtype, cfg.device)
+        if cfg.use_qk_norm:  # RMSNorm of queries and keys before rotary: per head, or over the whole projection
+            whole = cfg.qk_norm_scope == "projection"
+            self.q_norm = RMSNorm(h * dh if whole else dh, cfg.eps, cfg.dtype, cfg.device)
+            self.k_norm = RMSNorm(kv * dh if whole else dh, cfg.eps, cfg.dtype, cfg.device)
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()
             self.hook_rot_k = HookPoint()
@@ -168,6 +170,20 @@ class Attention(nn.Module):
         out = torch.einsum("bpnd,nkd->bpnk", x, w)
         return out if b is None else out + b
 
+    @staticmethod
+    def _norm_projection(x: Float[Tensor, "batch pos n d_head"], norm: RMSNorm, n: int) -> Tensor:
+        """``norm`` over all ``n`` heads of a position at once (``qk_norm_scope="projection"``).
+
+        Ungrouped keys (``x`` has ``n * rep`` heads, head ``g * rep + r`` a copy of key head ``g``) are
+        normalised one copy ``r`` of the ``n`` key heads at a time: unedited copies give the grouped numbers.
+        """
+        b, p, heads, dh = x.shape
+        if heads == n:
+            return norm(x.flatten(2)).view(b, p, n, dh)
+        rep = heads // n
+        copies = x.view(b, p, n, rep, dh).transpose(2, 3).reshape(b, p, rep, n * dh)
+        return norm(copies).view(b, p, rep, n, dh).transpose(2, 3).reshape(b, p, heads, dh)
+
     def forward(
         self,
         query_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
@@ -191,7 +207,10 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(h // k.shape[2], dim=2), v.repeat_interleave(h // v.shape[2], dim=2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if cfg.use_qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            if cfg.qk_norm_scope == "projection":
+                q, k = self._norm_projection(q, self.q_norm, h), self._norm_projection(k, self.k_norm, kv)
+            else:
+                q, k = self.q_norm(q), self.k_norm(k)
         if cfg.positional == "rotary":
             cos, sin = ctx.cos, ctx.sin
             if self.window is not None and ctx.cos_local is not None:  # a local layer with its own base

@@ -7,7 +7,9 @@ TransformerLens: ``hook_attn_in`` ``[batch, pos, head, d_model]`` (use_attn_in),
 ``hook_mlp_in`` (use_hook_mlp_in); :meth:`TransformerBlock.sync_hooks` creates and removes these when a
 flag changes after construction. With ``parallel_attn_mlp`` (GPT-NeoX) attention and MLP both read
 ``resid_pre`` and there is no ``resid_mid``. With ``use_normalization_before_and_after`` (Gemma 2/3)
-``ln1_post`` / ``ln2_post`` normalise the attention / MLP output before ``hook_attn_out`` / ``hook_mlp_out``.
+``ln1_post`` / ``ln2_post`` normalise the attention / MLP output before ``hook_attn_out`` / ``hook_mlp_out``;
+with ``use_normalization_after_only`` (OLMo-2) they are the only norms: no ``ln1`` / ``ln2``, attention and MLP
+read the residual stream itself.
 
 Under grouped-query attention with per-head inputs, key/value head ``g`` reads the input of query
 head ``g * n_heads // n_key_value_heads`` (the first head of its group); with
@@ -34,14 +36,15 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         self.has_mlp = not cfg.attn_only
-        sandwich = cfg.use_normalization_before_and_after
-        self.ln1 = make_norm(cfg)
+        post_only = cfg.use_normalization_after_only  # OLMo-2: no pre-sublayer norms
+        post = cfg.use_normalization_before_and_after or post_only
+        self.ln1 = None if post_only else make_norm(cfg)
         self.attn = Attention(cfg, layer_idx)
-        self.ln1_post = make_norm(cfg) if sandwich else None
+        self.ln1_post = make_norm(cfg) if post else None
         if self.has_mlp:
-            self.ln2 = make_norm(cfg)
+            self.ln2 = None if post_only else make_norm(cfg)
             self.mlp = MoE(cfg) if cfg.num_experts is not None else MLP(cfg)
-            self.ln2_post = make_norm(cfg) if sandwich else None
+            self.ln2_post = make_norm(cfg) if post else None
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         if self.has_mlp:

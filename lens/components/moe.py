@@ -10,8 +10,12 @@ module, so its weights and hooks read like a dense MLP's.
 Hooks (TransformerLens's names and shapes; the token axis is ``batch * pos``, flattened row-major):
     ``hook_expert_weights`` ``[batch*pos, num_experts]``: the router's softmax over all experts, before top-k;
     ``hook_expert_indices`` ``[batch*pos, experts_per_token]``: the chosen experts, most probable first;
-    ``experts.{e}.hook_pre`` / ``hook_pre_linear`` / ``hook_post`` ``[n_e, d_mlp]``: expert ``e``'s
-    activations for only the ``n_e`` tokens routed to it (in token order; ``n_e`` may be 0).
+    ``experts.{e}.hook_gate`` / ``hook_pre`` / ``hook_post`` ``[n_e, d_mlp]``: expert ``e``'s gate branch
+    (``x @ W_gate``, before the activation), its linear branch (``x @ W_in``) and ``act(gate) * pre``, for only
+    the ``n_e`` (token, slot) pairs routed to it. Rows come slot-major, as in TransformerLens and Hugging Face:
+    the tokens that chose ``e`` first, in token order, then those that chose it second, ...; ``n_e`` may be 0.
+    (TransformerLens's experts name their hooks so; note that a dense gated MLP's ``hook_pre`` is its gate
+    branch, and its linear branch ``hook_pre_linear``.)
 
 Editing ``hook_expert_weights`` changes the routing (top-k runs on the edited probabilities); editing
 ``hook_expert_indices`` reroutes tokens, with the weights then gathered from the (edited) probabilities at
@@ -31,10 +35,24 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lens.components.linear import input_major
+from lens.components.linear import input_major, linear
 from lens.components.mlp import MLP
 from lens.config import TransformerConfig
 from lens.hooks import HookPoint
+
+
+class Expert(MLP):
+    """One expert: a gated MLP whose hooks carry TransformerLens's expert names (``hook_gate``, ``hook_pre``)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__(cfg)
+        del self.hook_pre_linear
+        self.hook_gate = HookPoint()
+
+    def forward(self, x: Float[Tensor, "tokens d_model"]) -> Float[Tensor, "tokens d_model"]:
+        gate = self.hook_gate(linear(x, self.gate_weight, self.gate_bias))
+        pre = self.hook_pre(linear(x, self.in_weight, self.in_bias))
+        return linear(self.hook_post(self.act(gate) * pre), self.out_weight, self.out_bias)
 
 
 class MoE(nn.Module):
@@ -43,7 +61,7 @@ class MoE(nn.Module):
         self.cfg = cfg
         kw = dict(dtype=cfg.dtype, device=cfg.device)
         self.router_weight = input_major(cfg.num_experts, cfg.d_model, **kw)
-        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_experts))
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
         self.hook_expert_weights = HookPoint()
         self.hook_expert_indices = HookPoint()
 
@@ -71,21 +89,21 @@ class MoE(nn.Module):
         flat = x.reshape(-1, shape[-1])
         weights, indices = self.route(flat)
         out = torch.zeros_like(flat)
-        # one (token, slot) list per expert, sorted by expert: a single sort instead of one scan per expert
-        order = indices.flatten().argsort(stable=True)
-        counts = torch.bincount(indices.flatten(), minlength=self.cfg.num_experts).tolist()
-        k = indices.shape[-1]
-        start = 0
+        # (slot, token) pairs numbered slot-major, grouped by expert with one stable sort (not a scan per expert)
+        chosen, slot_weights = indices.T.flatten(), weights.T.flatten()
+        order = chosen.argsort(stable=True)
+        counts = torch.bincount(chosen, minlength=self.cfg.num_experts).tolist()
+        n_tokens, start = flat.shape[0], 0
         for e, expert in enumerate(self.experts):
             n = counts[e]
             if n == 0 and not _expert_hooked(expert):
                 continue
-            rows = order[start : start + n]
+            pairs = order[start : start + n]
             start += n
-            tokens = rows // k
+            tokens = pairs % n_tokens
             y = expert(flat.index_select(0, tokens))
-            w = weights.flatten().index_select(0, rows)
-            out.index_add_(0, tokens, (y.float() * w[:, None]).to(out.dtype))
+            # weighted in float32, as Hugging Face's Mixtral, then added in the model dtype
+            out.index_add_(0, tokens, (y.float() * slot_weights.index_select(0, pairs)[:, None]).to(out.dtype))
         return out.view(shape)
 
 

@@ -95,7 +95,7 @@ def test_off_values_and_init_fields_are_accepted():
         ({"n_devices": 2}, "n_devices=2"),
         ({"normalization_type": "LNPre"}, "normalization_type='LNPre'"),
         ({"positional_embedding_type": "alibi"}, "positional_embedding_type='alibi'"),
-        ({"num_experts": 8}, "num_experts=8"),
+        ({"load_in_4bit": True}, "load_in_4bit=True"),
         ({"bogus_field": 1}, "unknown HookedTransformerConfig field bogus_field=1"),
         ({"d_vocab": -1}, "d_vocab=-1"),
         ({"act_fn": None}, "act_fn must be given"),

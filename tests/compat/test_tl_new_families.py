@@ -1,10 +1,17 @@
-"""Families added for #13 (Gemma 2, Qwen3, GPT-Neo, OPT, GPT-J, Phi, Phi-3) against TransformerLens 2.18.
+"""Families added for #13 (Gemma 2/3, Qwen3, GPT-Neo, OPT, GPT-J, Phi, Phi-3, Mixtral) against TransformerLens 2.18.
 
 Each tiny ``transformers`` model (the family's declared tiny config) is converted by TransformerLens's own
 weight converter with a ``HookedTransformerConfig`` written here from the HF config (as its
 ``from_pretrained`` would build it; that needs the hub), and by lens's adapter. Logits and every activation
 TransformerLens caches agree, with the documented differences: RMSNorm ``hook_normalized`` is after the
 weight in lens, and TransformerLens's ``q_norm`` / ``k_norm`` hooks see ``[batch * pos * head, d_head]``.
+
+Gemma 3's tiny config is written in transformers 5's ``rope_parameters``, which the transformers 4.57 that
+TransformerLens 2.18 runs on ignores; :func:`_gemma3_spec` restates it in 4.57's fields (``rope_theta``,
+``rope_local_base_freq``, ``rope_scaling``), which lens's adapter reads as well. TransformerLens has no linear
+RoPE scaling, so Gemma 3 is compared without it, and
+:func:`test_gemma3_linear_rope_scaling_is_missing_in_transformer_lens` pins where it then departs from
+transformers (lens does not).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import torch
 tl = pytest.importorskip("transformer_lens", reason="TransformerLens is the optional oracle (see docs/families.md)")
 from transformer_lens.pretrained.weight_conversions import convert_gemma_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.gptj import convert_gptj_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.mixtral import convert_mixtral_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.neo import convert_neo_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.opt import convert_opt_weights  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.phi import convert_phi_weights  # noqa: E402
@@ -48,6 +56,36 @@ def _gemma2(c) -> dict[str, Any]:
         attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
         use_normalization_before_and_after=True, original_architecture="Gemma2ForCausalLM",
     )  # fmt: skip
+
+
+def _gemma3(c) -> dict[str, Any]:
+    # as TransformerLens's own Gemma 3 entries (loading_from_pretrained.py), plus the query scale, which they
+    # leave at sqrt(d_head); no soft caps in Gemma 3 (None in the HF config, -1 in TransformerLens's)
+    fields = dict(
+        _gemma2(c), rotary_base=float(c.rope_theta), rotary_base_local=float(c.rope_local_base_freq),
+        use_qk_norm=True, original_architecture="Gemma3ForCausalLM",
+    )  # fmt: skip
+    fields.update(attn_scores_soft_cap=c.attn_logit_softcapping or -1.0)
+    fields.update(output_logits_soft_cap=c.final_logit_softcapping or -1.0)
+    return fields
+
+
+def _gemma3_spec(scaling: bool = False) -> tuple[str, dict[str, Any]]:
+    """The family's tiny Gemma 3 in transformers 4.57's rotary fields; ``scaling``: keep the global layers'
+    ``rope_scaling`` (linear, factor 8), which TransformerLens cannot express. 64 positions: TransformerLens
+    builds ``[n_ctx, n_ctx]`` masks."""
+    cls, kwargs = spec("gemma3")
+    params = kwargs.pop("rope_parameters")
+    full, local = dict(params["full_attention"]), dict(params["sliding_attention"])
+    assert local.get("rope_type", "default") == "default"
+    rope_scaling = {k: v for k, v in full.items() if k != "rope_theta"}
+    assert rope_scaling.get("rope_type") == "linear", "the scaled case below needs a scaled global layer"
+    kwargs.update(
+        rope_theta=full["rope_theta"], rope_local_base_freq=local["rope_theta"],
+        rope_scaling=rope_scaling if scaling else None, max_position_embeddings=64,
+    )  # fmt: skip
+    assert "sliding_attention" in kwargs["layer_types"] and "full_attention" in kwargs["layer_types"]
+    return cls, kwargs
 
 
 def _qwen3(c) -> dict[str, Any]:
@@ -109,21 +147,44 @@ def _phi3(c) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _mixtral(c) -> dict[str, Any]:
+    # as TransformerLens's Mixtral entry: no sliding window (use_local_attn off), so the spec below has none
+    return dict(
+        _base(c), d_head=c.hidden_size // c.num_attention_heads, rotary_dim=c.hidden_size // c.num_attention_heads,
+        act_fn=c.hidden_act, num_experts=c.num_local_experts, experts_per_token=c.num_experts_per_tok,
+        rotary_base=float(c.rope_theta), final_rms=False, original_architecture="MixtralForCausalLM",
+    )  # fmt: skip
+
+
+def _mixtral_spec() -> tuple[str, dict[str, Any]]:
+    """The tiny Mixtral without its sliding window (TransformerLens's Mixtral has none, as the released
+    checkpoints), 64 positions for TransformerLens's ``[n_ctx, n_ctx]`` masks."""
+    cls, kwargs = spec("mixtral")
+    kwargs.update(sliding_window=None, max_position_embeddings=64)
+    assert kwargs["num_local_experts"] > kwargs["num_experts_per_tok"] > 1
+    return cls, kwargs
+
+
 CASES = {
     "gemma2": (_gemma2, convert_gemma_weights),
+    "gemma3": (_gemma3, convert_gemma_weights),
     "qwen3": (_qwen3, convert_qwen3_weights),
     "gpt_neo": (_gpt_neo, convert_neo_weights),
     "opt": (_opt, convert_opt_weights),
     "gptj": (_gptj, convert_gptj_weights),
     "phi": (_phi, convert_phi_weights),
     "phi3": (_phi3, convert_phi3_weights),
+    "mixtral": (_mixtral, convert_mixtral_weights),
 }
 
 
-@pytest.mark.parametrize("variant", sorted(CASES))
-def test_logits_and_cached_activations_match_transformer_lens(variant):
-    hf = build_hf(spec(variant), seed=0)
-    make_cfg, convert = CASES[variant]
+# variants whose declared tiny config transformers 4.57 cannot read
+HF_SPECS = {"gemma3": _gemma3_spec, "mixtral": _mixtral_spec}
+
+
+def _run(model_spec, make_cfg, convert):
+    """(HF logits, lens logits, lens cache, TransformerLens logits, its cache) on the same weights and tokens."""
+    hf = build_hf(model_spec, seed=0)
     cfg = tl.HookedTransformerConfig(**make_cfg(hf.config))
     tl_model = tl.HookedTransformer(cfg, move_to_device=False)
     with torch.no_grad():
@@ -136,6 +197,13 @@ def test_logits_and_cached_activations_match_transformer_lens(variant):
         expected, tl_cache = tl_model.run_with_cache(tokens)
         got, cache = model.run_with_cache(tokens)
         hf_logits = hf(tokens).logits
+    return hf_logits, got, cache, expected, tl_cache
+
+
+@pytest.mark.parametrize("variant", sorted(CASES))
+def test_logits_and_cached_activations_match_transformer_lens(variant):
+    model_spec = HF_SPECS[variant]() if variant in HF_SPECS else spec(variant)
+    hf_logits, got, cache, expected, tl_cache = _run(model_spec, *CASES[variant])
     torch.testing.assert_close(got, hf_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert set(tl_cache.keys()) <= set(cache.keys())
@@ -149,4 +217,25 @@ def test_logits_and_cached_activations_match_transformer_lens(variant):
             continue  # RMSNorm: TransformerLens hooks x / rms before the weight
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4, msg=key)
         compared += 1
-    assert compared > 10 * model.cfg.n_layers
+    assert compared > 10 * cache.model.cfg.n_layers
+
+
+def test_gemma3_linear_rope_scaling_is_missing_in_transformer_lens():
+    """The released Gemma 3 4B / 12B / 27B configs scale the global layers' rotary positions (``rope_scaling``:
+    linear, factor 8). TransformerLens 2.18 has no linear RoPE scaling (``calculate_sin_cos_rotary`` knows only
+    Llama 3's NTK-by-parts, and its Gemma 3 entries in ``loading_from_pretrained.py`` set none), so it departs
+    from transformers at the first global layer's rotated queries and keys; lens follows transformers. Written
+    as the difference, not as a skip: a TransformerLens that learns linear scaling fails here, to be moved
+    into the parity test above."""
+    hf_logits, got, cache, expected, tl_cache = _run(_gemma3_spec(scaling=True), _gemma3, convert_gemma_weights)
+    torch.testing.assert_close(got, hf_logits, atol=1e-4, rtol=1e-4)  # lens is right
+    assert not torch.allclose(expected, hf_logits, atol=1e-2, rtol=1e-2)  # TransformerLens is not
+    first_global = _gemma3_spec()[1]["layer_types"].index("full_attention")
+    rotated = [f"blocks.{first_global}.attn.hook_rot_q", f"blocks.{first_global}.attn.hook_rot_k"]
+    keys = list(tl_cache.keys())  # in the order the forward pass ran
+    for key in keys[: keys.index(rotated[0])]:  # everything before the global layer's rotation agrees
+        if not key.endswith("hook_normalized"):
+            ours, theirs = cache[key].reshape(tl_cache[key].shape), tl_cache[key]
+            torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4, msg=key)
+    for key in rotated:  # and the rotation is where they part
+        assert not torch.allclose(cache[key], tl_cache[key], atol=1e-2, rtol=1e-2), key

@@ -60,7 +60,7 @@ def test_each_expert_runs_once_per_forward_on_only_its_tokens():
         moe(x)
     for e, calls in seen.items():
         assert len(calls) == 1, f"expert {e} ran {len(calls)} times: the loop must be over experts, not tokens"
-        tokens = (chosen == e).any(-1).nonzero().flatten()
+        tokens = (chosen.T == e).nonzero(as_tuple=True)[1]
         torch.testing.assert_close(calls[0], flat[tokens], atol=0, rtol=0)
     assert set(seen) == set(chosen.unique().tolist())  # experts nobody chose are skipped when unhooked
 
@@ -78,11 +78,12 @@ def test_hooks_see_router_probabilities_choices_and_per_expert_tokens():
     assert torch.equal(indices, probs.topk(2, -1).indices)
     total = 0
     for e in range(4):
-        tokens = (indices == e).any(-1).nonzero().flatten()
-        pre = cache[f"blocks.0.mlp.experts.{e}.hook_pre"]
-        assert pre.shape == (len(tokens), 12)  # even an expert with no tokens fires, with 0 rows
-        torch.testing.assert_close(pre, x[tokens] @ mlp.experts[e].W_gate)
-        torch.testing.assert_close(cache[f"blocks.0.mlp.experts.{e}.hook_pre_linear"], x[tokens] @ mlp.experts[e].W_in)
+        slot, tokens = (indices.T == e).nonzero(as_tuple=True)  # slot-major: first choices, then second
+        assert torch.equal(slot, slot.sort().values)
+        gate = cache[f"blocks.0.mlp.experts.{e}.hook_gate"]
+        assert gate.shape == (len(tokens), 12)  # even an expert with no tokens fires, with 0 rows
+        torch.testing.assert_close(gate, x[tokens] @ mlp.experts[e].W_gate)
+        torch.testing.assert_close(cache[f"blocks.0.mlp.experts.{e}.hook_pre"], x[tokens] @ mlp.experts[e].W_in)
         total += len(tokens)
     assert total == 12 * 2
     # the expert outputs recombine into hook_mlp_out exactly

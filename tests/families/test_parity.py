@@ -18,8 +18,8 @@ pytest.importorskip("transformers")
 
 # bf16 weights on both sides, HF loading the same directory with dtype=bf16. Llama, Mistral, Qwen2 and
 # sequential NeoX agree bit for bit; GPT-2 / parallel NeoX (op order around fused LayerNorm and biases)
-# and Gemma (HF multiplies its (1 + w) norm weight in float32 before casting, lens after) differ by
-# <= 0.05 on O(1) logits, the size of either side's own bf16 error against float32. We allow 0.1.
+# and Gemma / OLMo-2 (HF multiplies the norm weight in float32 before casting, lens after) differ by
+# <= 0.065 on O(1) logits, the size of either side's own bf16 error against float32. We allow 0.1.
 BF16_ATOL = 0.1
 
 
