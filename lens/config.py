@@ -61,7 +61,45 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 # rope_scaling types lens implements (lens.components.rotary); any other raises when the config is built
-ROPE_TYPES = (None, "default", "linear", "llama3")
+ROPE_TYPES = (None, "default", "linear", "llama3", "yarn", "dynamic", "longrope")
+
+
+def _check_rope_scaling(kind: str, scaling: dict[str, Any], rotary_dim: int | None) -> None:
+    """The keys a rope scaling type needs (``ValueError`` naming the missing or malformed key)."""
+
+    def need(key: str, why: str = "") -> None:
+        if scaling.get(key) is None:
+            raise ValueError(f"rope_scaling type {kind!r} needs {key!r}{why}; got keys {sorted(scaling)}")
+
+    def number(key: str) -> None:
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"rope_scaling[{key!r}]={value!r} must be a positive number (rope type {kind!r})")
+
+    context = ("original_max_position_embeddings", "max_position_embeddings")
+    if kind in ("linear", "llama3", "dynamic"):
+        need("factor")
+    if kind in ("llama3", "yarn", "longrope") and all(scaling.get(k) is None for k in context):
+        need("original_max_position_embeddings", " (or 'max_position_embeddings', its fallback)")
+    if kind == "dynamic":
+        need("max_position_embeddings", " (the context the dynamic base starts growing after)")
+    if kind in ("yarn", "longrope") and scaling.get("factor") is None:
+        need("max_position_embeddings", " to derive 'factor' (max_position_embeddings / original), or 'factor'")
+    for key in ("factor", "attention_factor", *context):
+        number(key)
+    if kind == "longrope":
+        half = None if rotary_dim is None else rotary_dim // 2
+        for key in ("short_factor", "long_factor"):
+            need(key)
+            value = scaling[key]
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+            ):
+                raise ValueError(f"rope_scaling[{key!r}] must be a list of numbers (rope type 'longrope')")
+            if half is not None and len(value) != half:
+                raise ValueError(
+                    f"rope_scaling[{key!r}] has {len(value)} entries; longrope needs rotary_dim / 2 = {half}"
+                )
 
 
 @dataclass
@@ -113,6 +151,10 @@ class TransformerConfig:
     ``rotary_adjacent_pairs`` (GPT-J; TransformerLens's name): rotary rotates adjacent feature pairs
     ``(0, 1), (2, 3), ...`` instead of the two halves of the rotary features (the GPT-NeoX / Llama convention).
 
+    Sliding windows: ``window_size=w`` with ``window_layers`` (None: every layer) gives those layers a window of
+    ``w`` keys (a query sees itself and the ``w - 1`` keys before it); ``window_size=(w0, None, w2, ...)`` gives
+    each layer its own window (None: global), with ``window_layers`` left None. ``layer_window(i)`` reads either.
+
     ``rotary_base_local`` (Gemma 3; TransformerLens's name): the rotary base of the sliding-window (local)
     layers, which use no ``rope_scaling``; the global layers use ``rotary_base`` and ``rope_scaling``.
 
@@ -144,7 +186,7 @@ class TransformerConfig:
     rope_scaling: dict[str, Any] | None = None
     rotary_base_local: float | None = None
     rotary_adjacent_pairs: bool = False
-    window_size: int | None = None
+    window_size: int | tuple[int | None, ...] | None = None
     window_layers: tuple[int, ...] | None = None
     gated_mlp: bool = False
     parallel_attn_mlp: bool = False
@@ -234,12 +276,25 @@ class TransformerConfig:
                 raise ValueError(
                     f"rope_scaling type {kind!r} is not supported (supported: {', '.join(map(str, ROPE_TYPES[1:]))})"
                 )
+            if self.positional == "rotary":
+                _check_rope_scaling(kind, self.rope_scaling, self.rotary_dim)
         if self.rotary_base_local is not None:
             if self.positional != "rotary" or not self.rotary_base_local > 0:
                 raise ValueError(
                     f"rotary_base_local={self.rotary_base_local!r} needs positional='rotary' and a positive base"
                 )
-        if self.window_size is not None:
+        if isinstance(self.window_size, (list, tuple)):  # one entry per layer: a window or None (global)
+            if self.window_layers is not None:
+                raise ValueError("window_size is given per layer, so window_layers must be None (it would be ignored)")
+            if len(self.window_size) != self.n_layers:
+                raise ValueError(
+                    f"window_size has {len(self.window_size)} per-layer entries, but n_layers={self.n_layers}"
+                )
+            self.window_size = tuple(self.window_size)
+            for i, w in enumerate(self.window_size):
+                if w is not None:
+                    _check_positive_int(f"window_size[{i}]", w)
+        elif self.window_size is not None:
             _check_positive_int("window_size", self.window_size)
         if self.window_layers is not None:
             self.window_layers = tuple(int(i) for i in self.window_layers)
@@ -298,6 +353,8 @@ class TransformerConfig:
         """The sliding-window size used by ``layer`` (None: full causal attention)."""
         if self.window_size is None:
             return None
+        if isinstance(self.window_size, tuple):
+            return self.window_size[layer]
         if self.window_layers is None or layer in self.window_layers:
             return self.window_size
         return None
@@ -320,8 +377,9 @@ class TransformerConfig:
         out = dataclasses.asdict(self)
         out["dtype"] = str(self.dtype).removeprefix("torch.")
         out["device"] = None if self.device is None else str(self.device)
-        if out["window_layers"] is not None:
-            out["window_layers"] = list(out["window_layers"])
+        for name in ("window_layers", "window_size"):
+            if isinstance(out[name], tuple):
+                out[name] = list(out[name])
         return out
 
     @classmethod

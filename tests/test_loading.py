@@ -29,10 +29,11 @@ def _family_copy(name: str, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     return copy_dir(directory, tmp_path / name), hf
 
 
-def _edit_config(directory: Path, **changes) -> None:
+def _edit_config(directory: Path, text: bool = False, **changes) -> None:
+    """Change config.json; ``text=True``: the language model's keys (a composite config's ``text_config``)."""
     path = directory / "config.json"
     cfg = json.loads(path.read_text())
-    cfg.update(changes)
+    (cfg["text_config"] if text and isinstance(cfg.get("text_config"), dict) else cfg).update(changes)
     path.write_text(json.dumps(cfg))
 
 
@@ -97,7 +98,7 @@ def _long_context_cases():
 @pytest.mark.parametrize("name, trained", _long_context_cases())
 def test_long_context_defaults_to_4096(tmp_path, name, trained):
     directory, _ = _family_copy(name, tmp_path)
-    _edit_config(directory, max_position_embeddings=trained)
+    _edit_config(directory, text=True, max_position_embeddings=trained)
     model = HookedTransformer.from_pretrained(directory)
     assert (model.cfg.n_ctx, model.cfg.n_ctx_trained) == (DEFAULT_MAX_CONTEXT, trained)
     assert HookedTransformer.from_pretrained(directory, context_size_override=trained).cfg.n_ctx == trained

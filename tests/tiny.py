@@ -186,6 +186,9 @@ def hf_tiny(arch: str, seed: int = 0, window: int = 5, **overrides) -> torch.nn.
     )  # fmt: skip
     known = cls.config_class()
     kwargs.update({k: v for k, v in settings.items() if hasattr(known, k) or k in known.attribute_map})
+    if isinstance(kwargs.get("text_config"), dict):  # a composite (multimodal) config: its language model's too
+        text, known = kwargs["text_config"], known.get_text_config()
+        text.update({k: v for k, v in settings.items() if hasattr(known, k) or k in known.attribute_map})
     return build_hf((arch, kwargs), seed, **overrides)
 
 

@@ -113,6 +113,10 @@ class Adapter:
     # ``unpack(name, cfg)`` gives ``{name weights() uses: slice of that tensor}`` for such a (renamed) tensor
     # and ``{}`` for any other
     unpack: Callable[[str, TransformerConfig], dict[str, Callable[[Tensor], Tensor]]] | None = field(default=None)
+    # checkpoint tensor-name prefixes (as stored, before ``renames``) of modules lens does not build, whose
+    # tensors are not read at all: a multimodal checkpoint's vision tower and projector when lens loads its
+    # language model only. Every other tensor must still be used or ignored (``load_weights`` raises otherwise)
+    skip_prefixes: tuple[str, ...] = field(default=())
     # The Hugging Face config keys the adapter reads (``config`` may read only these), those of the family it
     # may safely ignore (derived from others, or without effect in inference), and those lens does not
     # implement, accepted only at the value that switches the feature off (None is accepted too). Any
@@ -139,14 +143,17 @@ class Adapter:
         return self.ignore + (self.tied_unembed if cfg.tie_word_embeddings else ())
 
     def source_names(self, names: Iterable[str]) -> dict[str, str]:
-        """``{name as weights() spells it: name in the checkpoint}`` after applying ``renames``.
+        """``{name as weights() spells it: name in the checkpoint}`` after applying ``renames``; names under
+        ``skip_prefixes`` are left out.
 
-        >>> ad = Adapter("x", (), (), dict, dict, renames=(("^lm_head[.]", "embed_out."),))
-        >>> ad.source_names(["lm_head.weight"])
+        >>> ad = Adapter("x", (), (), dict, dict, renames=(("^lm_head[.]", "embed_out."),), skip_prefixes=("vis.",))
+        >>> ad.source_names(["lm_head.weight", "vis.proj.weight"])
         {'embed_out.weight': 'lm_head.weight'}
         """
         out = {}
         for name in names:
+            if self.skip_prefixes and name.startswith(self.skip_prefixes):
+                continue
             canonical = name
             for pattern, replacement in self.renames:
                 canonical = re.sub(pattern, replacement, canonical)
@@ -197,7 +204,39 @@ def rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind in (None, "default"):
         return float(base), None
-    return float(base), {k: v for k, v in scaling.items() if k != "rope_theta"}
+    return float(base), with_rope_context({k: v for k, v in scaling.items() if k != "rope_theta"}, hf)
+
+
+# scalings that read the context lengths (lens.components.rotary): which of them each needs
+_CONTEXT_KEYS = {
+    "llama3": ("original_max_position_embeddings",),
+    "yarn": ("original_max_position_embeddings", "max_position_embeddings"),
+    "longrope": ("original_max_position_embeddings", "max_position_embeddings"),
+    "dynamic": ("max_position_embeddings",),
+}
+
+
+def with_rope_context(scaling: dict[str, Any], hf: dict[str, Any]) -> dict[str, Any]:
+    """``scaling`` plus the context lengths its type reads, from the top level of the HF config: lens's
+    rotary sees only ``cfg.rope_scaling``. ``original_max_position_embeddings`` defaults to
+    ``max_position_embeddings`` as ``transformers`` standardises it (llama3 / yarn / longrope)."""
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    keys = _CONTEXT_KEYS.get(kind, ())
+    out = dict(scaling)
+    if "max_position_embeddings" in keys and hf.get("max_position_embeddings") is not None:
+        out.setdefault("max_position_embeddings", hf["max_position_embeddings"])
+    if "original_max_position_embeddings" in keys and hf.get("max_position_embeddings") is not None:
+        out.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
+    return out
+
+
+def trained_context(hf: dict[str, Any], scaling: dict[str, Any] | None, default: int = 2048) -> int:
+    """The context the weights are meant for: ``max_position_embeddings``, times ``factor`` under dynamic NTK
+    (whose ``max_position_embeddings`` is the pre-training length it extrapolates beyond)."""
+    trained = int(hf.get("max_position_embeddings") or default)
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "dynamic" and scaling.get("factor"):
+        trained = int(trained * float(scaling["factor"]))
+    return trained
 
 
 def partial_rotary_dim(hf: dict[str, Any], d_head: int, default: float = 1.0) -> int:

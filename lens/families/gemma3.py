@@ -8,7 +8,7 @@
 - No soft caps in the released configs (read when present); ``use_bidirectional_attention`` is refused.
 
 Checkpoints: google/gemma-3-1b-pt / -it (``Gemma3ForCausalLM``); the larger Gemma 3 models are multimodal
-(``Gemma3ForConditionalGeneration``) and not loaded here.
+(``Gemma3ForConditionalGeneration``): their language model loads through ``gemma3_multimodal.py``.
 
 >>> cfg = ADAPTER.config({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "head_dim": 16,
 ...                       "intermediate_size": 128, "vocab_size": 100, "query_pre_attn_scalar": 16,
@@ -20,7 +20,7 @@ Checkpoints: google/gemma-3-1b-pt / -it (``Gemma3ForCausalLM``); the larger Gemm
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, plus_one
+from lens.families.base import TINY_SHAPE, Adapter, plus_one, with_rope_context
 from lens.families.gemma2 import GEMMA2_KEYS, gemma2_config, gemma2_weights
 
 
@@ -42,7 +42,7 @@ def _rope(hf: dict) -> tuple[float, dict | None, float]:
         if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
             scaling = None
     if scaling is not None:
-        scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
+        scaling = with_rope_context({k: v for k, v in scaling.items() if k != "rope_theta"}, hf)
     return base, scaling, local_base
 
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, partial_rotary_dim, rope_settings, same
+from lens.families.base import (
+    TINY_SHAPE,
+    Adapter,
+    cat,
+    context_fields,
+    partial_rotary_dim,
+    rope_settings,
+    same,
+    trained_context,
+)
 
 # the Hugging Face config keys llama_config reads (families built on it add their own)
 LLAMA_KEYS = (
@@ -35,7 +44,7 @@ def llama_config(hf: dict) -> dict:
         d_head=d_head,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        **context_fields(hf.get("max_position_embeddings", 2048)),
+        **context_fields(trained_context(hf, scaling)),
         act_fn=hf.get("hidden_act", "silu"),
         normalization="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),

@@ -15,7 +15,15 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.families.base import TINY_SHAPE, Adapter, WeightSpec, context_fields, rope_settings, same
+from lens.families.base import (
+    TINY_SHAPE,
+    Adapter,
+    WeightSpec,
+    context_fields,
+    rope_settings,
+    same,
+    trained_context,
+)
 
 
 def _config(hf: dict) -> dict:
@@ -32,7 +40,7 @@ def _config(hf: dict) -> dict:
         n_heads=n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        **context_fields(hf.get("max_position_embeddings", 2048)),
+        **context_fields(trained_context(hf, scaling)),
         act_fn=hf.get("hidden_act", "gelu"),
         normalization="LN",
         eps=hf.get("layer_norm_eps", 1e-5),

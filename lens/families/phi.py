@@ -16,7 +16,16 @@ Checkpoints: microsoft/phi-1, phi-1_5, phi-2. (Phi-3 is a different architecture
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, cat, context_fields, partial_rotary_dim, rope_settings, same
+from lens.families.base import (
+    TINY_SHAPE,
+    Adapter,
+    cat,
+    context_fields,
+    partial_rotary_dim,
+    rope_settings,
+    same,
+    trained_context,
+)
 
 
 def _config(hf: dict) -> dict:
@@ -33,7 +42,7 @@ def _config(hf: dict) -> dict:
         n_key_value_heads=kv,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        **context_fields(hf.get("max_position_embeddings", 2048)),
+        **context_fields(trained_context(hf, scaling)),
         act_fn=hf.get("hidden_act", "gelu_new"),
         normalization="LN",
         eps=hf.get("layer_norm_eps", 1e-5),

@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lens.components.rotary import cache_refresh_length
 from lens.generation.kv_cache import KVCache
 from lens.generation.plan import GenerationPlan
 
@@ -88,6 +89,7 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
 
     cache = KVCache.for_model(model, B * nb, max_length, plan.kv_cache_dtype) if plan.use_past_kv_cache else None
     logits = model.decode_step(tokens, cache, attention_mask=mask)
+    refresh_at = cache_refresh_length(model.cfg)
     bar = None
     if plan.verbose:
         from tqdm.auto import tqdm
@@ -144,7 +146,13 @@ def beam_search(model: Any, plan: GenerationPlan) -> tuple[Tensor, Tensor, Tenso
         go_on = bool(unsatisfied.any()) and not (bool(finished.all()) and early is True) and not bool(hits.all())
         if not go_on:
             break
-        if cache is not None:
+        if cache is not None and refresh_at is not None and cur > refresh_at >= cache.offset:
+            cache.reset()  # longrope outgrew its short tables: refill from the beams' sequences (as in _SampleRun)
+            flat = running_seq[:, :, :cur].reshape(B * nb, cur)
+            logits = model.decode_step(
+                flat, cache, attention_mask=None if history_mask is None else history_mask[:, :cur]
+            )
+        elif cache is not None:
             cache.reorder(running_idx[:, :, cur - 1 - P].reshape(-1).long())
             logits = model.decode_step(running_seq[:, :, cur - 1].reshape(B * nb, 1), cache)
         else:

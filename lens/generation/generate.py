@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lens.components.rotary import cache_refresh_length
 from lens.generation.beam import beam_search
 from lens.generation.config import GenerationConfig
 from lens.generation.kv_cache import KVCache
@@ -74,6 +75,7 @@ class _SampleRun:
         self.logprobs = torch.zeros(b, plan.max_new, device=dev) if plan.output_logprobs else None
         self.done = False
         self.cache = KVCache.for_model(self.model, b, total, plan.kv_cache_dtype) if plan.use_past_kv_cache else None
+        self.refresh_at = cache_refresh_length(self.model.cfg)  # longrope: recompute the cache past this length
         self.use_penalty = plan.sampling.do_sample or plan.sampling.repetition_penalty != 1.0
 
     def _select(self, logits: Float[Tensor, "batch vocab"], t: int) -> tuple[Tensor, Tensor]:
@@ -99,6 +101,12 @@ class _SampleRun:
     def _feed(self, nxt: Int[Tensor, " batch"], t: int) -> Float[Tensor, "batch vocab"]:
         """Run the token just chosen at sequence position ``t``; logits for position ``t + 1``."""
         if self.cache is not None:
+            if self.refresh_at is not None and t + 1 > self.refresh_at >= self.cache.offset:
+                # the sequence just outgrew the short rotary tables (longrope): every key rotates anew, so
+                # the cache is refilled from the whole sequence, as transformers' Phi-3 generate does
+                self.cache.reset()
+                mask = None if self.key_mask is None else self.key_mask[:, : t + 1]
+                return self._forward(self.out[:, : t + 1], mask, self.cache, t + 1, 1)
             return self._forward(nxt[:, None], None, self.cache, t + 1, 1)
         mask = None if self.key_mask is None else self.key_mask[:, : t + 1]
         return self._forward(self.out[:, : t + 1], mask, None, t + 1, 1)

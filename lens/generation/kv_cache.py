@@ -252,6 +252,15 @@ class KVCache:
             self._next_pos += self._counts
         self._pending, self.key_positions = None, None
 
+    def reset(self) -> None:
+        """Forget everything written (the buffers are kept and overwritten): the next forward is a prefill.
+
+        Generation refills the cache this way when the rotary tables of every position change with the
+        sequence length (``longrope`` passing ``original_max_position_embeddings``).
+        """
+        self.offset, self._counts, self._pending = 0, 0, None
+        self._key_mask, self._next_pos, self.key_positions = None, None, None
+
     # -- beam search ----------------------------------------------------------------------------------
     def reorder(self, index: Int[Tensor, " batch"]) -> None:
         """Keep rows ``index`` (beam search: each surviving beam takes its parent's cache).

@@ -14,8 +14,10 @@ from tests.tiny import saved
 pytest.importorskip("transformers")
 
 CASES = [  # (tiny variant, config change, words of the error)
-    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}, "longrope"),
-    ("phi3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}}, "yarn"),
+    ("llama3", {"rope_parameters": {"rope_type": "made_up", "factor": 4.0}}, "'made_up'.*supported: default"),
+    ("phi3", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'"),  # Phi3Config refuses it too
+    ("phi3", {"rope_scaling": {"type": "su", "short_factor": [1.0] * 4}}, "'long_factor'"),
+    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}, "rotary_dim / 2"),
     ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before=False"),
     ("opt", {"word_embed_proj_dim": 16}, "word_embed_proj_dim=16"),
     ("phi", {"qk_layernorm": True}, "qk_layernorm=True"),
