@@ -112,9 +112,11 @@ def _state_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def test_context_allocates_nothing_per_position(tmp_path):
-    directory, _ = _family_copy("mistral", tmp_path)
-    _edit_config(directory, max_position_embeddings=32768)
+@pytest.mark.parametrize("name", [name for name, _ in _long_context_cases()])
+def test_context_allocates_nothing_per_position(tmp_path, name):
+    """No buffer or parameter follows the context (masks, rotary tables and local windows are per forward)."""
+    directory, _ = _family_copy(name, tmp_path)
+    _edit_config(directory, text=True, max_position_embeddings=32768)
     small = HookedTransformer.from_pretrained(directory, context_size_override=2048)
     large = HookedTransformer.from_pretrained(directory, context_size_override=32768)
     assert _state_bytes(small) == _state_bytes(large)

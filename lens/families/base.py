@@ -239,6 +239,29 @@ def trained_context(hf: dict[str, Any], scaling: dict[str, Any] | None, default:
     return trained
 
 
+LAYER_KINDS = ("full_attention", "sliding_attention")  # the values of ``layer_types`` lens implements
+
+
+def sliding_layers(hf: dict[str, Any], n_layers: int) -> tuple[int, ...] | None:
+    """The layers ``layer_types`` marks ``"sliding_attention"`` (None when the config has no ``layer_types``).
+
+    Any other kind (e.g. ``"chunked_attention"``) or a list of the wrong length raises ``ValueError``: a layer of
+    a kind lens does not implement must not silently become a global one.
+
+    >>> sliding_layers({"layer_types": ["sliding_attention", "full_attention"]}, 2)
+    (0,)
+    """
+    kinds = hf.get("layer_types")
+    if not kinds:
+        return None
+    unknown = sorted(set(kinds) - set(LAYER_KINDS))
+    if unknown:
+        raise ValueError(f"layer_types has attention kind(s) {unknown}; lens implements {list(LAYER_KINDS)}")
+    if len(kinds) != n_layers:
+        raise ValueError(f"layer_types lists {len(kinds)} layers, but num_hidden_layers={n_layers}")
+    return tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention")
+
+
 def partial_rotary_dim(hf: dict[str, Any], d_head: int, default: float = 1.0) -> int:
     """``int(d_head * partial_rotary_factor)``, the factor read from ``rope_parameters`` (transformers 5)
     or the top level (transformers 4), as ``transformers`` computes the rotated features."""

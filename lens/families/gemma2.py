@@ -20,7 +20,7 @@ are trained on.
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, plus_one
+from lens.families.base import TINY_SHAPE, Adapter, plus_one, sliding_layers
 from lens.families.gemma import GEMMA_KEYS, gemma_config, gemma_weights
 
 # the keys gemma2_config reads
@@ -37,9 +37,8 @@ def gemma2_config(hf: dict) -> dict:
     """Config fields shared by Gemma 2 and 3."""
     fields = gemma_config(hf)
     n = fields["n_layers"]
-    if hf.get("layer_types"):
-        local = tuple(i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention")
-    else:
+    local = sliding_layers(hf, n)
+    if local is None:
         local = tuple(range(0, n, 2))  # transformers' Gemma 2 default: even layers slide
     window = hf.get("sliding_window")
     fields.update(

@@ -11,7 +11,7 @@ Sliding windows follow ``transformers``: only when ``use_sliding_window`` is tru
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter
+from lens.families.base import TINY_SHAPE, Adapter, sliding_layers
 from lens.families.llama import LLAMA_KEYS, llama_config, llama_weights
 
 # the keys of a Qwen config (qwen_windows reads the last four)
@@ -21,10 +21,9 @@ QWEN_KEYS = LLAMA_KEYS + ("sliding_window", "use_sliding_window", "layer_types",
 def qwen_windows(hf: dict, n_layers: int) -> dict:
     """``window_size`` / ``window_layers`` from a Qwen config (empty when no layer slides)."""
     window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-    if hf.get("layer_types"):
-        sliding = [i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention"]
-    else:
-        sliding = list(range(hf.get("max_window_layers", 28), n_layers))  # transformers default: 28
+    sliding = sliding_layers(hf, n_layers)
+    if sliding is None:
+        sliding = tuple(range(hf.get("max_window_layers", 28), n_layers))  # transformers default: 28
     return dict(window_size=int(window), window_layers=tuple(sliding)) if window and sliding else {}
 
 

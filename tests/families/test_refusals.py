@@ -23,6 +23,8 @@ CASES = [  # (tiny variant, config change, words of the error)
     ("phi", {"qk_layernorm": True}, "qk_layernorm=True"),
     ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
     ("gpt_neo", {"attention_types": [[["global", "sparse"], 1]]}, "attention_types="),
+    ("gemma2", {"layer_types": ["chunked_attention", "full_attention"]}, "chunked_attention"),
+    ("qwen3_window", {"layer_types": ["full_attention", "linear_attention"]}, "linear_attention"),
 ]
 
 
