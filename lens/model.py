@@ -15,6 +15,7 @@ torch.Size([1, 4, 3, 3])
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,50 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         )
         return process_weights(self, flags)
 
+    # -- dtype and device ---------------------------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:
+        """``nn.Module.to`` (device, dtype or both), keeping ``cfg.dtype`` and ``cfg.device`` in step.
+
+        After ``model.to(torch.bfloat16)``, ``.half()``, ``.bfloat16()``, ``.float()``, ``.to("cpu", torch.float16)``,
+        ``.to(dtype=...)``, ``.cuda()`` or ``.cpu()``, ``cfg.dtype`` is the parameters' dtype and ``cfg.device``
+        their device, and the model computes as one loaded in that dtype with ``from_pretrained(dir, dtype=...)``
+        (rotary inverse frequencies stay float32, cos/sin tables and activations follow the weights). The config
+        is replaced by an updated copy on the model and its modules (as the ``set_use_*`` toggles do), so a
+        config object shared with another model, or kept by the caller, is not changed. A
+        :class:`lens.generation.KVCache` made before the move keeps its old dtype and device: make a new one
+        (``generate`` makes its own). Going down and back up (``.bfloat16().float()``) keeps the rounding:
+        the weights equal the bf16 model's, upcast.
+
+        >>> model = model.to(torch.bfloat16)
+        >>> model.cfg.dtype
+        torch.bfloat16
+        """
+        return super().to(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._sync_cfg_dtype_device()
+        return self
+
+    def _sync_cfg_dtype_device(self) -> None:
+        """Set ``cfg.dtype`` / ``cfg.device`` to the floating parameters' (via a copy of the config, rebound on
+        every module that shares it; nothing happens when they already agree)."""
+        embed = self._modules.get("embed")
+        if embed is None:  # moved while being built
+            return
+        w, old = embed.weight, self.cfg
+        changes: dict[str, Any] = {}
+        if old.dtype != w.dtype:
+            changes["dtype"] = w.dtype
+        if old.device is None or torch.device(old.device) != w.device:
+            changes["device"] = w.device
+        if not changes:
+            return
+        new = dataclasses.replace(old, **changes)
+        for module in self.modules():
+            if getattr(module, "cfg", None) is old:
+                module.cfg = new
+
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.embed.W_E
@@ -306,10 +351,11 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         else:
             self._check_length(q_len)
             ctx = AttentionContext.build(batch, q_len, attention_mask, device=device)
-        if self.cfg.positional == "rotary":
-            ctx.cos, ctx.sin = self.rotary.cos_sin(ctx.positions, self.cfg.dtype)
+        if self.cfg.positional == "rotary":  # tables in the activations' dtype (float32 frequencies)
+            dtype = self.embed.weight.dtype
+            ctx.cos, ctx.sin = self.rotary.cos_sin(ctx.positions, dtype)
             if self.cfg.rotary_base_local is not None:
-                ctx.cos_local, ctx.sin_local = self.rotary_local.cos_sin(ctx.positions, self.cfg.dtype)
+                ctx.cos_local, ctx.sin_local = self.rotary_local.cos_sin(ctx.positions, dtype)
         return ctx
 
     # -- forward ------------------------------------------------------------------------------------

@@ -200,6 +200,22 @@ class Rotary(nn.Module):
             self.switch_length = int(cfg.rope_scaling["max_position_embeddings"])
             self._dynamic = (dict(cfg.rope_scaling), cfg.rotary_base, cfg.rotary_dim)
 
+    def _apply(self, fn, recurse=True):
+        """Device moves reach the inverse frequencies; dtype casts do not (they stay float32).
+
+        ``model.half()`` / ``.bfloat16()`` / ``.to(dtype)`` would otherwise round ``inv_freq`` to the new dtype,
+        and a converted model would rotate differently from one loaded in that dtype (whose tables are built in
+        float32; :meth:`cos_sin` casts the cos/sin tables, not the frequencies). Only the device is taken from
+        the converted buffer; the float32 values are kept, so ``.bfloat16().float()`` gives them back exactly.
+        """
+        before = {name: b for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
     def inv_freq_for(self, positions: Int[Tensor, "batch pos"]) -> Float[Tensor, " half"]:
         """The inverse frequencies a forward over ``positions`` rotates with (no host sync)."""
         if self.switch_length is None or positions.numel() == 0:
