@@ -36,19 +36,24 @@ def _config(hf: dict) -> dict:
     return fields
 
 
-def _weights(cfg) -> dict:
-    w = llama_weights(cfg)
+def with_experts(w: dict, cfg, moe: str, gate: str, up: str, down: str) -> dict:
+    """Replace a dense weight map's MLP entries by a router and per-expert weights, named as the files do:
+    ``model.layers.{i}.{moe}.gate.weight`` (router) and ``...{moe}.experts.{e}.{gate|up|down}.weight``."""
     for i in range(cfg.n_layers):
-        h, b = f"model.layers.{i}.block_sparse_moe.", f"blocks.{i}.mlp."
+        h, b = f"model.layers.{i}.{moe}.", f"blocks.{i}.mlp."
         for name in ("gate_weight", "in_weight", "out_weight"):
             del w[b + name]
         w[b + "router_weight"] = same(h + "gate.weight")
         for e in range(cfg.num_experts):
             x = f"{h}experts.{e}."
-            w[f"{b}experts.{e}.gate_weight"] = same(x + "w1.weight")
-            w[f"{b}experts.{e}.in_weight"] = same(x + "w3.weight")
-            w[f"{b}experts.{e}.out_weight"] = same(x + "w2.weight")
+            w[f"{b}experts.{e}.gate_weight"] = same(f"{x}{gate}.weight")
+            w[f"{b}experts.{e}.in_weight"] = same(f"{x}{up}.weight")
+            w[f"{b}experts.{e}.out_weight"] = same(f"{x}{down}.weight")
     return w
+
+
+def _weights(cfg) -> dict:
+    return with_experts(llama_weights(cfg), cfg, "block_sparse_moe", "w1", "w3", "w2")
 
 
 def fused_experts(moe: str, gate: str, up: str, down: str):

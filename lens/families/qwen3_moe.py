@@ -15,8 +15,8 @@ Qwen/Qwen3-30B-A3B, Qwen/Qwen3-235B-A22B (and their -Base / -Instruct variants).
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, same
-from lens.families.mixtral import fused_experts
+from lens.families.base import TINY_SHAPE, Adapter
+from lens.families.mixtral import fused_experts, with_experts
 from lens.families.qwen3 import ADAPTER as QWEN3
 
 
@@ -41,18 +41,7 @@ def _config(hf: dict) -> dict:
 
 
 def _weights(cfg) -> dict:
-    w = QWEN3.weights(cfg)
-    for i in range(cfg.n_layers):
-        h, b = f"model.layers.{i}.mlp.", f"blocks.{i}.mlp."
-        for name in ("gate_weight", "in_weight", "out_weight"):
-            del w[b + name]
-        w[b + "router_weight"] = same(h + "gate.weight")
-        for e in range(cfg.num_experts):
-            x = f"{h}experts.{e}."
-            w[f"{b}experts.{e}.gate_weight"] = same(x + "gate_proj.weight")
-            w[f"{b}experts.{e}.in_weight"] = same(x + "up_proj.weight")
-            w[f"{b}experts.{e}.out_weight"] = same(x + "down_proj.weight")
-    return w
+    return with_experts(QWEN3.weights(cfg), cfg, "mlp", "gate_proj", "up_proj", "down_proj")
 
 
 ADAPTER = Adapter(

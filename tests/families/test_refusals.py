@@ -25,6 +25,13 @@ CASES = [  # (tiny variant, config change, words of the error)
     ("gpt_neo", {"attention_types": [[["global", "sparse"], 1]]}, "attention_types="),
     ("gemma2", {"layer_types": ["chunked_attention", "full_attention"]}, "chunked_attention"),
     ("qwen3_window", {"layer_types": ["full_attention", "linear_attention"]}, "linear_attention"),
+    # config keys an adapter does not declare, or declares only switched off (tests/families/test_config_keys.py)
+    ("llama3", {"use_fancy_new_attention": True}, "use_fancy_new_attention=True"),
+    ("mixtral", {"quantization_config": {"quant_method": "gptq"}}, "quantization_config="),
+    ("gpt2", {"scale_attn_weights": False}, "scale_attn_weights=False"),
+    ("gpt2", {"add_cross_attention": True}, "add_cross_attention=True"),
+    ("qwen2", {"use_mrope": True}, "use_mrope=True"),
+    ("gemma2", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
 ]
 
 
