@@ -7,9 +7,11 @@ steps. The per-family mappings they apply live in :mod:`lens.families`. This mod
 :mod:`lens.model`: callers pass the class to build (``HookedTransformer.from_pretrained`` passes itself;
 ``lens.adapters.from_hf_model`` passes ``HookedTransformer``).
 
-lens never touches the network: ``source`` is a local directory (``config.json`` plus
-``model.safetensors``, a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin`` as a
-fallback; ``tokenizer.json`` when present) or a ``transformers`` model object already in memory.
+``source`` is a local directory (``config.json`` plus ``model.safetensors``, a sharded
+``model.safetensors.index.json``, or ``pytorch_model.bin`` as a fallback; ``tokenizer.json`` when present),
+a hub name that :mod:`lens.hub` resolves to a snapshot directory in the Hugging Face cache (downloading
+only the files read here, and only when the environment allows), or a ``transformers`` model object
+already in memory. ``dtype="auto"`` (the default) follows the checkpoint (:func:`checkpoint_dtype`).
 
 Tensors stream into a model built with ``init=False``: each safetensors tensor is memory-mapped,
 copied into its parameter, then released (the file is reopened per tensor, so the mapping never pins
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lens import hub
 from lens.config import DEFAULT_MAX_CONTEXT, TransformerConfig, resolve_dtype
 from lens.families import find_adapter
 from lens.families.base import Adapter, WeightSpec
@@ -50,6 +53,7 @@ from lens.tokenizer import Tokenizer
 __all__ = [
     "CheckpointReader",
     "apply_context",
+    "checkpoint_dtype",
     "fill_missing_keys",
     "from_hf_model",
     "from_pretrained",
@@ -70,20 +74,33 @@ def from_pretrained(
     device: str | torch.device | None = None,
     context_size_override: int | None = None,
     flags: ProcessingFlags | None = None,
+    tokenizer: Any = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
     **processing: bool,
 ):
     """A ``model_class`` (:class:`lens.HookedTransformer`) with the weights of a local checkpoint or
     ``transformers`` model; users call ``HookedTransformer.from_pretrained``, which passes itself.
 
     Args:
-        source: a local Hugging Face-format directory, or a ``transformers`` model object. Hub names
-            are refused: download the files yourself and pass the directory.
-        dtype: parameter dtype (``"bf16"``, ``torch.float16``, ...). Directories default to float32;
-            model objects keep their own dtype.
+        source: a local Hugging Face-format directory, a hub name (``"org/name"``, or a TransformerLens
+            name such as ``"gpt2-small"``: :data:`lens.hub.TL_ALIASES`) resolved through the Hugging Face
+            cache by :func:`lens.hub.resolve` (downloaded only when neither ``local_files_only`` nor
+            ``HF_HUB_OFFLINE`` forbids it), or a ``transformers`` model object. A ``Path`` is always a directory.
+        dtype: parameter dtype (``"bf16"``, ``torch.float16``, ...). The default ``"auto"`` follows the
+            checkpoint's ``config.json`` ``dtype`` / ``torch_dtype``, else the dtype of its first floating tensor,
+            as ``transformers``' ``dtype="auto"``; model objects keep their own dtype. An explicit dtype wins.
         device: where parameters live (default CPU).
         context_size_override: the context ``cfg.n_ctx`` (positive int ``<= cfg.n_ctx_trained``);
             by default ``min(n_ctx_trained, DEFAULT_MAX_CONTEXT)``. Nothing is allocated per position.
         model_class: the class to build, called as ``model_class(cfg, tokenizer=..., init=False)``.
+        tokenizer: a :class:`lens.tokenizer.Tokenizer` or a ``transformers`` fast tokenizer to attach instead
+            of the checkpoint's (``model.set_tokenizer``); by default the ``tokenizer.json`` beside the weights
+            (for a model object: in the directory or hub cache snapshot its ``name_or_path`` names).
+        revision, cache_dir, local_files_only: for hub names only: the branch, tag or commit (default
+            ``main``), the cache directory (default ``$HF_HUB_CACHE`` / ``$HF_HOME/hub``, read at call time),
+            and ``True`` to never touch the network. ``revision`` with any other source raises ``ValueError``.
         flags, **processing: opt-in weight processing (see :mod:`lens.processing`) as one
             :class:`~lens.processing.ProcessingFlags` or as the keywords ``fold_ln``,
             ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` (bools); off by
@@ -93,17 +110,26 @@ def from_pretrained(
             is a no-op.
 
     Raises:
-        FileNotFoundError: no such directory (e.g. a hub name), or no config.json / weight files.
+        FileNotFoundError: no such directory, a hub name neither cached nor downloadable (the message names the
+            cache directory and the ``hf download`` command), or no config.json / weight files.
         ValueError: unsupported architecture, corrupt or mismatched checkpoint, bad dtype or context.
-        TypeError: a source, dtype or context_size_override of the wrong type.
+        TypeError: a source, dtype, context_size_override or hub option of the wrong type.
 
     >>> model = from_pretrained(Path("checkpoints/gpt2"), model_class=HookedTransformer, fold_ln=True)  # doctest: +SKIP
     """
     _check_override(context_size_override)
     flags = ProcessingFlags.resolve(flags, processing, "from_pretrained")
-    if dtype is not None:
+    hub.check_arguments(revision, cache_dir, local_files_only)
+    if dtype is not None and not _is_auto(dtype):
         dtype = resolve_dtype(dtype)
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, str) and not Path(source).exists() and hub.is_hub_name(source):
+        snapshot = hub.resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        model = _from_directory(
+            snapshot, dtype, device, context_size_override, flags, model_class, model_name=hub.hub_name(source)
+        )
+    elif revision is not None:
+        raise ValueError(f"revision={revision!r} selects a hub snapshot, but the source is not a hub name")
+    elif isinstance(source, (str, os.PathLike)):
         model = _from_directory(
             Path(source), dtype, device, context_size_override, flags, model_class, given=os.fspath(source)
         )
@@ -113,6 +139,8 @@ def from_pretrained(
         raise TypeError(
             f"source must be a local directory path or a transformers model object, got {type(source).__name__}"
         )
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
     return process_weights(model, flags)
 
 
@@ -195,6 +223,36 @@ def _make_config(adapter: Adapter, hf: dict[str, Any], override: int | None, **f
     return apply_context(cfg, override)
 
 
+# -- dtype ---------------------------------------------------------------------------------------------
+def _is_auto(dtype: Any) -> bool:
+    return isinstance(dtype, str) and dtype.strip().lower() == "auto"
+
+
+def checkpoint_dtype(directory: str | os.PathLike, hf: dict[str, Any] | None = None) -> torch.dtype:
+    """What ``dtype="auto"`` loads ``directory`` as, as ``transformers`` reads it: ``config.json``'s ``dtype``
+    (``torch_dtype`` in older files; a composite config's ``text_config`` when the top level has none), else
+    the dtype of the checkpoint's first floating tensor, else float32."""
+    hf = read_hf_config(directory) if hf is None else hf
+    for level in (hf, hf.get("text_config")):
+        if not isinstance(level, dict):
+            continue
+        value = level.get("dtype") or level.get("torch_dtype")
+        if value is None or _is_auto(value):
+            continue
+        try:
+            return resolve_dtype(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{Path(directory) / 'config.json'} gives dtype {value!r}, not a floating dtype lens loads "
+                "(pass dtype= explicitly)"
+            ) from e
+    reader = open_checkpoint(directory)
+    try:
+        return reader.stored_dtype() or torch.float32
+    finally:
+        reader.close()
+
+
 # -- checkpoint readers -------------------------------------------------------------------------------
 CHUNK_BYTES = 4 << 20
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -214,6 +272,17 @@ class CheckpointReader:
 
     def close(self) -> None:
         """Release anything held open (a no-op by default)."""
+
+    def stored_dtype(self) -> torch.dtype | None:
+        """The stored dtype of the first floating tensor (None when there is none)."""
+        for name in self.names:
+            dtype = self._stored(name)
+            if dtype is not None and dtype.is_floating_point:
+                return dtype
+        return None
+
+    def _stored(self, name: str) -> torch.dtype | None:
+        return self.get(name).dtype if self.dtype is None else None
 
     def _convert(self, t: Tensor) -> Tensor:
         return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
@@ -237,6 +306,10 @@ class _SafetensorsReader(CheckpointReader):
             for key in keys:
                 self._where[key] = file
         self.names = list(self._where)
+
+    def _stored(self, name: str) -> torch.dtype | None:
+        with self._open(str(self._where[name]), framework="pt", device="cpu") as f:
+            return _SAFETENSORS_DTYPES.get(f.get_slice(name).get_dtype())
 
     def get(self, name: str) -> Tensor:
         file = self._where[name]
@@ -428,21 +501,23 @@ def _not_a_directory(path: Path, given: str | None = None) -> Exception:
     name = str(path) if given is None else given
     if path.exists():
         return ValueError(f"{name!r} is a file; pass the directory that holds config.json and the weights")
-    repo = name.split("://", 1)[1] if "://" in name else name  # hf://org/model -> org/model
     return FileNotFoundError(
-        f"{name!r} is not a local directory. lens never downloads: fetch the checkpoint first, e.g. "
-        f"`huggingface-cli download {repo} --local-dir ./{Path(repo).name or 'model'}`, then pass that directory "
-        "(or pass a transformers model object)"
+        f"{name!r} is not a local directory (nor, as a str, a hub name 'org/name'); pass the directory that holds "
+        "config.json and the weights, a hub name (e.g. 'EleutherAI/pythia-70m'), or a transformers model object"
     )
 
 
-def _from_directory(directory: Path, dtype, device, override, flags: ProcessingFlags, model_class, given=None):
+def _from_directory(
+    directory: Path, dtype, device, override, flags: ProcessingFlags, model_class, given=None, model_name=None
+):
     if not directory.is_dir():
         raise _not_a_directory(directory, given)
     hf = read_hf_config(directory)
     adapter = find_adapter(hf)
-    name = None if hf.get("_name_or_path") else directory.name
-    cfg = _make_config(adapter, hf, override, dtype=dtype or torch.float32, device=device, model_name=name)
+    name = model_name or (None if hf.get("_name_or_path") else directory.name)
+    if dtype is None or _is_auto(dtype):
+        dtype = checkpoint_dtype(directory, hf)
+    cfg = _make_config(adapter, hf, override, dtype=dtype, device=device, model_name=name)
     flags.check(cfg)
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
@@ -461,7 +536,9 @@ def _from_model_object(hf_model, dtype, device, override, flags: ProcessingFlags
     cfg = _make_config(adapter, hf, override, dtype=_object_dtype(hf_model, dtype), device=device)
     flags.check(cfg)
     model = _load_object(hf_model, adapter, cfg, model_class)
-    _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None))
+    if model.tokenizer is None:
+        revision = getattr(getattr(hf_model, "config", None), "_commit_hash", None)
+        _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None), revision)
     return model
 
 
@@ -472,8 +549,10 @@ def _object_adapter(hf_model) -> tuple[Adapter, dict[str, Any]]:
 
 
 def _object_dtype(hf_model, dtype: str | torch.dtype | None) -> torch.dtype:
-    """``dtype``, or the model object's own parameter dtype."""
-    return resolve_dtype(dtype) if dtype is not None else next(_params(hf_model), torch.empty(0)).dtype
+    """``dtype``, or (None, ``"auto"``) the model object's own parameter dtype."""
+    if dtype is not None and not _is_auto(dtype):
+        return resolve_dtype(dtype)
+    return next(_params(hf_model), torch.empty(0)).dtype
 
 
 def _load_object(hf_model, adapter: Adapter, cfg: TransformerConfig, model_class, tokenizer: Any = None):
@@ -486,11 +565,47 @@ def _params(module) -> Iterator[Tensor]:
     return iter(module.parameters()) if hasattr(module, "parameters") else iter(())
 
 
-def _attach_local_tokenizer(model, path: Any) -> None:
-    """Attach ``tokenizer.json`` from the directory a model object was loaded from, if it is local."""
-    if not path or not (Path(str(path)) / "tokenizer.json").is_file():
+def _tokenizer_directory(path: Any, revision: str | None = None) -> Path | None:
+    """The directory holding the ``tokenizer.json`` of a model object's ``name_or_path``: the local directory,
+    or for a hub name its snapshot in the Hugging Face cache (at ``revision``, the config's commit, when that is
+    cached). Never the network; None when there is none (or ``huggingface_hub`` is missing)."""
+    if not path or not isinstance(path, (str, os.PathLike)):
+        return None
+    local = Path(path)
+    if (local / "tokenizer.json").is_file():
+        return local
+    if local.exists() or not isinstance(path, str):
+        return None
+    try:
+        from lens.hub import cached_snapshot, hub_name, is_hub_name
+    except ImportError:  # lens.hub is newer than this code path: ask huggingface_hub directly
+        cached_snapshot = None
+    try:
+        if cached_snapshot is not None:
+            if not is_hub_name(path):
+                return None
+            for rev in dict.fromkeys([revision, None]):
+                snapshot = cached_snapshot(hub_name(path), rev)
+                if snapshot is not None and (snapshot / "tokenizer.json").is_file():
+                    return snapshot
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        for rev in dict.fromkeys([revision, None]):
+            found = try_to_load_from_cache(path, "tokenizer.json", revision=rev)
+            if isinstance(found, str):
+                return Path(found).parent
+    except Exception:  # not a valid repo id, no huggingface_hub, an unreadable cache: no tokenizer, not an error
+        return None
+    return None
+
+
+def _attach_local_tokenizer(model, path: Any, revision: str | None = None) -> None:
+    """Attach ``tokenizer.json`` from the directory (or cached hub snapshot) a model object was loaded from."""
+    directory = _tokenizer_directory(path, revision)
+    if directory is None:
         return
     try:
-        model.set_tokenizer(Tokenizer.from_directory(Path(str(path))))
+        model.set_tokenizer(Tokenizer.from_directory(directory))
     except Exception as e:  # the weights are fine; a broken tokenizer should not lose them
-        warnings.warn(f"not attaching the tokenizer in {path}: {e}", stacklevel=3)
+        warnings.warn(f"not attaching the tokenizer in {directory}: {e}", stacklevel=3)

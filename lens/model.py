@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -116,12 +117,20 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         center_unembed: bool = False,
         fold_value_biases: bool = False,
         refactor_factored_attn_matrices: bool = False,
+        tokenizer: Any = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
     ) -> HookedTransformer:
-        """Load a local Hugging Face-format directory or a ``transformers`` model object (never the network).
+        """Load a local Hugging Face-format directory, a hub name, or a ``transformers`` model object.
 
         ``source``: a directory with config.json and model.safetensors (sharded or not; pytorch_model.bin
-        as a fallback; tokenizer.json attached when present), or a ``transformers`` model. Families: see
-        docs/families.md. ``dtype`` defaults to float32 for directories (a model object keeps its own).
+        as a fallback; tokenizer.json attached when present), a hub name (``"org/name"`` or a TransformerLens
+        name such as ``"gpt2-small"``) looked up in the Hugging Face cache first and downloaded (only the
+        files lens reads) unless ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``; ``revision`` /
+        ``cache_dir`` pick the snapshot and cache (:mod:`lens.hub`), or a ``transformers`` model. Families: see
+        docs/families.md. ``dtype`` defaults to ``"auto"``: the checkpoint's ``config.json`` dtype (a bf16
+        checkpoint loads as bf16; ``dtype="float32"`` upcasts); a model object keeps its own.
         Models trained on longer contexts load with ``cfg.n_ctx = lens.config.DEFAULT_MAX_CONTEXT`` (4096);
         ``context_size_override=N`` sets ``n_ctx`` to any ``N <= cfg.n_ctx_trained`` (above: ValueError).
         ``fold_ln`` / ``center_writing_weights`` / ``center_unembed`` / ``fold_value_biases`` are opt-in
@@ -129,6 +138,8 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         (``center_writing_weights`` without LayerNorm) raises ValueError before loading, and
         ``fold_value_biases`` without value biases is a no-op. ``refactor_factored_attn_matrices`` balances
         each head's QK/OV factors as TransformerLens (refused for rotary and grouped-query models).
+        ``tokenizer``: a :class:`lens.Tokenizer` or a ``transformers`` fast tokenizer to use instead of the
+        checkpoint's (a model object's comes from the directory or hub-cache snapshot of its ``name_or_path``).
         Errors leave nothing half-loaded.
 
         >>> model = HookedTransformer.from_pretrained(Path("checkpoints/pythia-160m"), fold_ln=True)  # doctest: +SKIP
@@ -150,6 +161,10 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             context_size_override=context_size_override,
             model_class=cls,
             flags=flags,
+            tokenizer=tokenizer,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
         )
 
     def process_weights(
@@ -554,8 +569,10 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
     ) -> Any:
         """Continue ``input`` by up to ``max_new_tokens`` tokens (None: fill the rest of the context).
 
-        ``input``: a string, a list of strings (left-padded into one batch), or token ids ``[pos]`` /
-        ``[batch, pos]`` (with ``attention_mask`` when left-padded). Settings are the fields of
+        ``input``: a string, a list of strings (left-padded into one batch), chat messages (a list of
+        ``{"role", "content"}`` dicts, or a list of such lists for a batch: rendered with
+        ``apply_chat_template(..., add_generation_prompt=True)``, no BOS added beyond the template's), or token
+        ids ``[pos]`` / ``[batch, pos]`` (with ``attention_mask`` when left-padded). Settings are the fields of
         :class:`lens.generation.GenerationConfig` (``do_sample``, ``temperature``, ``top_k``, ``top_p``,
         ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``early_stopping``,
         ``stop_at_eos``, ``eos_token_id``, ``prepend_bos``, ``padding_side``, ``seed``,

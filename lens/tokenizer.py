@@ -46,6 +46,27 @@ _BYTE_SPECIALS = {256: "<|bos|>", 257: "<|eos|>", 258: "<|pad|>"}
 _NO_TOKENIZER = "this model has no tokenizer; pass token ids or attach one with model.set_tokenizer(...)"
 
 
+def _read_chat_template(directory: Path, config: dict[str, Any]) -> str | dict[str, str] | None:
+    """The chat template(s) of a tokenizer directory, as ``transformers`` reads them: ``chat_template.jinja``
+    (which wins) or ``tokenizer_config.json``'s ``"chat_template"`` (a string, or a list of ``{"name",
+    "template"}`` giving a dict), plus any ``additional_chat_templates/<name>.jinja``."""
+    templates: dict[str, str] = {}
+    value = config.get("chat_template")
+    if isinstance(value, str):
+        templates["default"] = value
+    elif isinstance(value, list):
+        templates.update({t["name"]: t["template"] for t in value if isinstance(t, dict) and "name" in t})
+    file = directory / "chat_template.jinja"
+    if file.is_file():
+        templates["default"] = file.read_text(encoding="utf-8")
+    extra = directory / "additional_chat_templates"
+    if extra.is_dir():
+        templates.update({f.stem: f.read_text(encoding="utf-8") for f in sorted(extra.glob("*.jinja"))})
+    if not templates:
+        return None
+    return templates["default"] if list(templates) == ["default"] else templates
+
+
 def _as_id_list(ids: Any) -> list[int]:
     """A flat list of Python ints from a list/tuple of ints or a 0-D/1-D tensor."""
     if isinstance(ids, torch.Tensor):
@@ -183,6 +204,10 @@ class Tokenizer(HFTokenizerMixin):
         tok._unk = backend.token_to_id(unk) if isinstance(unk, str) else None
         if isinstance(config.get("model_max_length"), int):
             tok.model_max_length = config["model_max_length"]
+        tok.chat_template = _read_chat_template(directory, config)
+        tok._template_specials = {f"{kind}_token": token for kind, token in names.items()}
+        if isinstance(unk, str):
+            tok._template_specials["unk_token"] = unk
         return tok
 
     @property
@@ -250,6 +275,21 @@ class Tokenizer(HFTokenizerMixin):
         else:
             ids = self._backend.encode(text, add_special_tokens=False).ids
         return [self._bos, *ids] if add_bos else ids
+
+    def encode_for_model(self, text: str, add_bos: bool) -> list[int]:
+        """``encode(text, add_bos=False)`` with BOS prepended iff ``add_bos`` and the text does not already begin
+        with it (a chat template's rendered BOS): what ``to_tokens`` / ``to_str_tokens`` use, so a rendered
+        chat never gets a second BOS (Hugging Face's ``apply_chat_template(tokenize=True)`` adds none).
+
+        >>> Tokenizer.byte_level().encode_for_model("hi", add_bos=True)
+        [256, 104, 105]
+        """
+        ids = self.encode(text, add_bos=False)
+        if add_bos and not (ids and ids[0] == self._bos):
+            if self._bos is None:
+                raise ValueError("add_bos=True but this tokenizer has no BOS token; use add_bos=False")
+            ids = [self._bos, *ids]
+        return ids
 
     def _special_ids(self) -> set[int]:
         return {i for i in (self._bos, self._pad, *self._eos) if i is not None}
@@ -327,7 +367,7 @@ class Tokenizer(HFTokenizerMixin):
             texts = [texts]
         if len(texts) == 0:
             raise ValueError("encode_batch needs at least one text")
-        encoded = [self.encode(t, add_bos)[:max_length] for t in texts]
+        encoded = [self.encode_for_model(t, add_bos)[:max_length] for t in texts]
         length = max(len(ids) for ids in encoded)
         tokens = torch.full((len(encoded), length), self.padding_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), length), dtype=torch.long)
@@ -396,7 +436,8 @@ class TokenizerMixin:
     ) -> Int[torch.Tensor, "batch pos"] | tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
         """Text -> ``[batch, pos]`` token ids (a single string gives batch 1), padded if needed.
 
-        ``prepend_bos`` defaults to ``cfg.default_prepend_bos``; ``padding_side`` to ``"left"`` when
+        ``prepend_bos`` defaults to ``cfg.default_prepend_bos`` (it adds no BOS to a text that already begins with
+        one, e.g. a rendered chat template: see :meth:`Tokenizer.encode_for_model`); ``padding_side`` to ``"left"`` when
         ``cfg.default_padding_side`` or ``tokenizer.padding_side`` is ``"left"`` (TransformerLens reads the
         latter), else ``"right"``. ``truncate`` (as TransformerLens) keeps the first ``cfg.n_ctx`` tokens of each
         text; ``truncate=False`` returns them all (a forward then refuses more than ``n_ctx`` positions).
@@ -458,10 +499,39 @@ class TokenizerMixin:
         if isinstance(input, list) and input and all(isinstance(s, str) for s in input):
             return [self.to_str_tokens(s, prepend_bos=prepend_bos) for s in input]
         if isinstance(input, str):
-            ids = tokenizer.encode(input, add_bos=bool(self._resolve_bos(prepend_bos)))
+            ids = tokenizer.encode_for_model(input, add_bos=bool(self._resolve_bos(prepend_bos)))
         else:
             ids = _as_id_list(self._squeeze_batch(input, "to_str_tokens"))
         return tokenizer.token_strings(ids)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]],
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        chat_template: str | None = None,
+        padding_side: str | None = None,
+        move_to_device: bool = True,
+        **kwargs: Any,
+    ) -> str | list[str] | Int[torch.Tensor, "batch pos"]:
+        """A conversation (list of ``{"role", "content"}`` dicts) or a batch of them, rendered with the checkpoint's
+        chat template (``tokenizer_config.json``'s ``"chat_template"`` or ``chat_template.jinja``; or
+        ``chat_template=``), as ``transformers``' ``tokenizer.apply_chat_template``; see
+        :meth:`Tokenizer.apply_chat_template` for the template's variables (``bos_token``, ``raise_exception``...).
+
+        Returns the text (a str, or one per conversation), or with ``tokenize=True`` its ``[batch, pos]`` tokens
+        with no BOS added beyond the template's own (padded as ``to_tokens``). ``model.generate(messages)`` renders
+        with ``add_generation_prompt=True``.
+
+        >>> model.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)  # doctest: +SKIP
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        text = self._require_tokenizer().apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False, chat_template=chat_template, **kwargs
+        )
+        if not tokenize:
+            return text
+        return self.to_tokens(text, prepend_bos=False, padding_side=padding_side, move_to_device=move_to_device)
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (no BOS); ValueError otherwise.
@@ -491,7 +561,7 @@ class TokenizerMixin:
         if mode not in ("first", "last"):
             raise ValueError(f"mode must be 'first' or 'last', got {mode!r}")
         if isinstance(input, str):
-            tokens = self._require_tokenizer().encode(input, add_bos=bool(self._resolve_bos(prepend_bos)))
+            tokens = self._require_tokenizer().encode_for_model(input, add_bos=bool(self._resolve_bos(prepend_bos)))
         else:
             tokens = _as_id_list(self._squeeze_batch(input, "get_token_position"))
         if isinstance(single_token, str):

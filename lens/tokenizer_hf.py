@@ -23,7 +23,7 @@ from typing import Any
 import tokenizers
 import torch
 
-__all__ = ["BatchEncoding", "HFTokenizerMixin"]
+__all__ = ["BatchEncoding", "HFTokenizerMixin", "render_chat_template"]
 
 VERY_LARGE_INTEGER = int(1e30)  # Hugging Face's "no limit" model_max_length
 _PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: None, "do_not_pad": None}
@@ -76,6 +76,10 @@ class HFTokenizerMixin:
     model_max_length: int = VERY_LARGE_INTEGER
     clean_up_tokenization_spaces: bool = False  # never taken from a config: transformers 4.x and 5.x disagree on BPE
     name_or_path: str = ""
+    chat_template: str | dict[str, str] | None = None  # Jinja source, or {name: source}; see apply_chat_template
+    # special-token strings as the checkpoint declares them (Hugging Face's special_tokens_map), for templates;
+    # None: this tokenizer's own (which may fill a missing BOS with EOS, as TransformerLens)
+    _template_specials: dict[str, str] | None = None
 
     # -- construction from transformers -------------------------------------------------------------
     @classmethod
@@ -108,6 +112,11 @@ class HFTokenizerMixin:
         tok.truncation_side = getattr(hf_tokenizer, "truncation_side", "right")
         tok.model_max_length = int(getattr(hf_tokenizer, "model_max_length", VERY_LARGE_INTEGER))
         tok.name_or_path = str(getattr(hf_tokenizer, "name_or_path", ""))
+        template = getattr(hf_tokenizer, "chat_template", None)
+        tok.chat_template = dict(template) if isinstance(template, dict) else template
+        specials = getattr(hf_tokenizer, "special_tokens_map", None)
+        if isinstance(specials, dict):
+            tok._template_specials = {k: str(v) for k, v in specials.items() if isinstance(v, str)}
         return tok
 
     # -- attributes ---------------------------------------------------------------------------------
@@ -362,3 +371,195 @@ class HFTokenizerMixin:
         for suffix in ("'m", "'s", "'ve", "'re"):
             text = text.replace(" " + suffix, suffix)
         return text
+
+    # -- chat templates -----------------------------------------------------------------------------
+    def get_chat_template(self, chat_template: str | None = None, tools: list | None = None) -> str:
+        """The Jinja source ``apply_chat_template`` renders: ``chat_template`` (a template, or the name of one of
+        several), else the tokenizer's (``"tool_use"`` when ``tools`` are given and it exists, else ``"default"``),
+        as Hugging Face. ValueError when there is none."""
+        return select_chat_template(self.chat_template, chat_template, tools)
+
+    def apply_chat_template(
+        self,
+        conversation: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]],
+        tools: list[dict] | None = None,
+        documents: list[dict] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_dict: bool = False,
+        **kwargs: Any,
+    ) -> str | list[str] | list[int] | list[list[int]] | torch.Tensor | BatchEncoding:
+        """Hugging Face's ``tokenizer.apply_chat_template``: render a conversation (a list of ``{"role", "content"}``
+        dicts) or a batch of them with the checkpoint's chat template.
+
+        The template sees ``messages``, ``tools``, ``documents``, ``add_generation_prompt``, the special-token
+        strings (``bos_token``, ``eos_token``, ...) and ``**kwargs``, and may call ``raise_exception``; it runs in
+        Jinja's sandbox with ``trim_blocks``/``lstrip_blocks``, as in ``transformers`` (needs ``jinja2``).
+        ``tokenize=True`` encodes the text without adding special tokens (a BOS the template writes is the only
+        one), then pads/truncates as ``__call__``; ``return_dict=True`` gives the :class:`BatchEncoding`
+        (``transformers`` 5's default; 4.x's, kept here, is the ids alone).
+
+        >>> chat = [{"role": "user", "content": "Hi"}]
+        >>> tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)  # doctest: +SKIP
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        if continue_final_message and add_generation_prompt:
+            raise ValueError(
+                "continue_final_message and add_generation_prompt are not compatible: the first leaves the last "
+                "message open, the second starts a new assistant message"
+            )
+        template = self.get_chat_template(chat_template, tools)
+        batched = is_chat_batch(conversation)
+        if not batched and not is_chat(conversation):
+            raise TypeError(
+                "conversation must be a list of {'role': ..., 'content': ...} dicts or a list of such lists"
+            )
+        conversations = [list(c) for c in conversation] if batched else [list(conversation)]
+        specials = self.special_tokens_map if self._template_specials is None else self._template_specials
+        variables = {**specials, **kwargs}  # kwargs overwrite special tokens, as Hugging Face
+        rendered = [
+            render_chat_template(
+                template,
+                chat,
+                tools=tools,
+                documents=documents,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **variables,
+            )
+            for chat in conversations
+        ]
+        if not tokenize:
+            return rendered if batched else rendered[0]
+        out = self(
+            rendered if batched else rendered[0],
+            add_special_tokens=False,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+        )
+        return out if return_dict else out["input_ids"]
+
+
+# -- chat templates (module level: the model's apply_chat_template and generate use them too) -----------
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def is_chat(value: Any) -> bool:
+    """True for one conversation: a non-empty list/tuple of dicts that each have a ``"role"``."""
+    return (
+        isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(m, dict) and "role" in m for m in value)
+    )
+
+
+def is_chat_batch(value: Any) -> bool:
+    """True for a batch of conversations: a non-empty list/tuple of :func:`is_chat` conversations."""
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(is_chat(c) for c in value)
+
+
+def select_chat_template(own: str | dict[str, str] | None, given: str | None = None, tools: list | None = None) -> str:
+    """Hugging Face's ``get_chat_template`` over a tokenizer's ``chat_template`` (``own``)."""
+    if isinstance(own, dict):
+        if given is not None and given in own:
+            return own[given]
+        if given is None:
+            if tools is not None and "tool_use" in own:
+                return own["tool_use"]
+            if "default" in own:
+                return own["default"]
+            raise ValueError(
+                f"this tokenizer has several chat templates and none is 'default'; pass chat_template= one of "
+                f"{sorted(own)}"
+            )
+        return given
+    if given is not None:
+        return given
+    if own is None:
+        raise ValueError(
+            "this tokenizer has no chat template (none in tokenizer_config.json 'chat_template' or a "
+            "chat_template.jinja beside it); pass chat_template='...' (Jinja source)"
+        )
+    return own
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compile(template: str) -> Any:
+    """``template`` compiled in a sandboxed Jinja environment configured as ``transformers``' (cached)."""
+    if template in _COMPILED:
+        return _COMPILED[template]
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        raise ImportError(
+            "chat templates are Jinja templates: install jinja2 (pip install 'jinja2>=3.1'; transformers installs it)"
+        ) from e
+    import json
+    from datetime import datetime
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys=False):
+        # as transformers: no HTML escaping (Jinja's own tojson escapes <, >, &, ')
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    compiled = env.from_string(template)
+    if len(_COMPILED) > 32:
+        _COMPILED.clear()
+    _COMPILED[template] = compiled
+    return compiled
+
+
+def render_chat_template(
+    template: str,
+    messages: Sequence[dict[str, Any]],
+    *,
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+    add_generation_prompt: bool = False,
+    continue_final_message: bool = False,
+    **variables: Any,
+) -> str:
+    """One conversation rendered with a chat template, as ``transformers``' ``render_jinja_template``.
+
+    Message keys whose value is None are dropped (as Hugging Face); ``continue_final_message`` cuts the text
+    right after the last message's content, so the model continues it.
+
+    >>> render_chat_template("{% for m in messages %}{{ m.role }}: {{ m.content }}\\n{% endfor %}",
+    ...                      [{"role": "user", "content": "hi"}])
+    'user: hi\\n'
+    """
+    chat = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
+    final = None
+    if continue_final_message:
+        final = chat[-1].get("content") if chat else None
+        if not isinstance(final, str):
+            raise ValueError("continue_final_message needs a last message whose content is a string")
+        chat[-1]["content"] = final + _CONTINUE_TAG
+    text = _compile(template).render(
+        messages=chat, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt, **variables
+    )
+    if final is not None:
+        tag = _CONTINUE_TAG.strip()
+        if final.strip() not in text or tag not in text:
+            raise ValueError("continue_final_message: the chat template dropped (part of) the final message")
+        at = text.rindex(tag)
+        text = text[:at] if text[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
+    return text

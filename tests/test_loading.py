@@ -155,9 +155,12 @@ def test_bad_dtype(bad, error):
         HookedTransformer.from_pretrained(saved("gpt2")[0], dtype=bad)
 
 
-def test_hub_name_is_refused_with_instructions():
-    with pytest.raises(FileNotFoundError, match=r"not a local directory.*never downloads.*--local-dir"):
+def test_uncached_hub_name_offline_says_where_it_looked_and_how_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"not a local directory.*not in the Hugging Face cache") as e:
         HookedTransformer.from_pretrained("EleutherAI/pythia-70m")
+    assert str(tmp_path / "hub") in str(e.value) and "hf download EleutherAI/pythia-70m" in str(e.value)
 
 
 def test_other_bad_sources(tmp_path):
@@ -259,3 +262,33 @@ def test_sharded_index_with_missing_shard(tmp_path):
     sorted(tmp_path.glob("model-*.safetensors"))[0].unlink()
     with pytest.raises(FileNotFoundError, match="shard files that are not in"):
         HookedTransformer.from_pretrained(tmp_path)
+
+
+# -- dtype="auto" ----------------------------------------------------------------------------------
+def test_auto_dtype_follows_config_then_weights(tmp_path):
+    import lens.loading
+
+    directory = copy_dir(saved("llama3", dtype=torch.bfloat16)[0], tmp_path / "bf16")
+    assert HookedTransformer.from_pretrained(directory).cfg.dtype == torch.bfloat16
+    assert HookedTransformer.from_pretrained(directory, dtype="auto").cfg.dtype == torch.bfloat16
+    assert HookedTransformer.from_pretrained(directory, dtype=torch.float16).cfg.dtype == torch.float16
+    cfg = json.loads((directory / "config.json").read_text())
+    for key in ("dtype", "torch_dtype"):
+        cfg.pop(key, None)
+    (directory / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "float16"}))  # the older key
+    assert lens.loading.checkpoint_dtype(directory) == torch.float16
+    (directory / "config.json").write_text(json.dumps(cfg))  # none: the first floating tensor's, as transformers
+    assert HookedTransformer.from_pretrained(directory).cfg.dtype == torch.bfloat16
+    (directory / "config.json").write_text(json.dumps({**cfg, "dtype": "int8"}))
+    with pytest.raises(ValueError, match="int8"):
+        HookedTransformer.from_pretrained(directory)
+    assert HookedTransformer.from_pretrained(saved("llama3")[0]).cfg.dtype == torch.float32
+
+
+def test_auto_dtype_keeps_a_model_objects_dtype_and_is_refused_by_configs():
+    import lens.loading
+
+    _, hf = saved("llama3", dtype=torch.bfloat16)
+    assert HookedTransformer.from_pretrained(hf, dtype="auto").cfg.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="auto"):
+        lens.TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_vocab=10, n_ctx=8, dtype="auto")

@@ -100,10 +100,22 @@ def _left_align(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return tokens.gather(1, idx), mask.gather(1, idx)
 
 
+def _is_chat(value: Any) -> bool:
+    """One conversation: a non-empty list of dicts that each have a ``"role"``."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
 def _prompt(
     model: Any, input: Any, attention_mask: Tensor | None, prepend_bos: bool | None, padding_side: str
 ) -> tuple[Tensor, Tensor | None, str, bool]:
     """(tokens, mask | None, output kind, strip_bos) with any padding on the left."""
+    if _is_chat(input) or (isinstance(input, (list, tuple)) and input and all(_is_chat(c) for c in input)):
+        if attention_mask is not None:
+            raise ValueError("attention_mask is only for token inputs; chat messages build their own")
+        # chat messages: rendered with the checkpoint's template and a generation prompt, as transformers'
+        # apply_chat_template(add_generation_prompt=True); the template writes any BOS, so none is added
+        input = model.apply_chat_template(list(input), add_generation_prompt=True, tokenize=False)
+        prepend_bos = bool(prepend_bos)
     if isinstance(input, str) or (isinstance(input, list) and all(isinstance(s, str) for s in input)):
         if isinstance(input, list) and not input:
             raise ValueError("the prompt list is empty; pass at least one prompt")
@@ -119,7 +131,10 @@ def _prompt(
         kind = "tokens1d" if input.ndim == 1 else "tokens"
         tokens, mask, strip_bos = input, attention_mask, False
     else:
-        raise TypeError(f"input must be a string, a list of strings or a token tensor, got {type(input).__name__}")
+        raise TypeError(
+            "input must be a string, a list of strings, chat messages (a list of {'role', 'content'} dicts, or a "
+            f"list of such lists) or a token tensor, got {type(input).__name__}"
+        )
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.numel() == 0:

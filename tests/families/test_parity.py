@@ -52,6 +52,17 @@ def test_logits_match_hf_bf16(family):
     torch.testing.assert_close(got, expected, atol=BF16_ATOL, rtol=0)
 
 
+def test_bf16_checkpoint_loads_as_bf16_by_default(family):
+    """dtype="auto" (the default) follows config.json, as transformers' dtype="auto": bf16 files load as bf16."""
+    directory, _ = saved(family, dtype=torch.bfloat16)
+    model = HookedTransformer.from_pretrained(directory)
+    assert model.cfg.dtype == torch.bfloat16 and model.embed.weight.dtype == torch.bfloat16
+    toks = hf_tokens()
+    got, expected = _logits(model, toks).float(), _logits(reloaded(directory, torch.bfloat16), toks).float()
+    torch.testing.assert_close(got, expected, atol=BF16_ATOL, rtol=0)
+    assert HookedTransformer.from_pretrained(directory, dtype="float32").cfg.dtype == torch.float32
+
+
 def test_bf16_checkpoint_loads_exactly_in_fp32(family):
     """Upcast before any arithmetic (Gemma's 1 + w must not round in bf16), as transformers does."""
     directory, _ = saved(family, dtype=torch.bfloat16)
