@@ -366,11 +366,26 @@ def _missing_weights(snapshot: Path) -> list[str] | None:
     return [*missing, f"{SAFETENSORS} (or {SAFETENSORS_INDEX} and its shards, or {TORCH_BIN})"]
 
 
-def _shards(index: Path) -> list[str]:
+def read_shard_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a shard index, ``{tensor name: shard file}`` (``ValueError`` naming a malformed file).
+
+    Shared by :mod:`lens.loading` (which opens the shards) and the cache checks here (which look for them).
+    """
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index} is not a valid shard index (needs a 'weight_map' object): {e}") from e
+    if not isinstance(weight_map, dict):
+        raise ValueError(
+            f"{index} is not a valid shard index (needs a 'weight_map' object): got {type(weight_map).__name__}"
+        )
+    return weight_map
+
+
+def _shards(index: Path) -> list[str]:
+    try:
+        return sorted(set(read_shard_index(index).values()))
+    except OSError as e:
         raise ValueError(f"{index} is not a valid shard index (needs a 'weight_map' object): {e}") from e
 
 

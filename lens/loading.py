@@ -62,8 +62,8 @@ __all__ = [
     "read_hf_config",
 ]
 
-SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
-TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+SAFETENSORS, SAFETENSORS_INDEX = hub.SAFETENSORS, hub.SAFETENSORS_INDEX  # the file names lens reads
+TORCH_BIN, TORCH_BIN_INDEX = hub.TORCH_BIN, hub.TORCH_BIN_INDEX
 
 
 def from_pretrained(
@@ -384,11 +384,7 @@ class _StateDictReader(CheckpointReader):
 
 def _index(directory: Path, index_name: str) -> dict[str, Path]:
     path = directory / index_name
-    try:
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a valid shard index (needs a 'weight_map' object): {e}") from e
-    where = {name: directory / file for name, file in weight_map.items()}
+    where = {name: directory / file for name, file in hub.read_shard_index(path).items()}
     missing = sorted({str(f.name) for f in where.values() if not f.is_file()})
     if missing:
         raise FileNotFoundError(f"{path} lists shard files that are not in {directory}: {missing[:5]}")

@@ -281,3 +281,16 @@ def per_layer(cfg: TransformerConfig, template: dict[str, WeightSpec | Callable[
         for lens_name, make in template.items():
             out[lens_name.format(i=i)] = make(i)
     return out
+
+
+def qk_norm_weights(cfg: TransformerConfig, make: Callable[[str], WeightSpec] = same) -> dict[str, WeightSpec]:
+    """``attn.q_norm`` / ``attn.k_norm`` weights from ``model.layers.{i}.self_attn.{q,k}_norm.weight`` (the
+    Qwen3, Gemma 3 and OLMo-2 files); ``make``: how each is read (``plus_one`` for Gemma's ``1 + w``)."""
+    a = "model.layers.{i}.self_attn."
+    return per_layer(
+        cfg,
+        {
+            "blocks.{i}.attn.q_norm.w": lambda i: make(a.format(i=i) + "q_norm.weight"),
+            "blocks.{i}.attn.k_norm.w": lambda i: make(a.format(i=i) + "k_norm.weight"),
+        },
+    )

@@ -20,7 +20,7 @@ Checkpoints: google/gemma-3-1b-pt / -it (``Gemma3ForCausalLM``); the larger Gemm
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, plus_one, with_rope_context
+from lens.families.base import TINY_SHAPE, Adapter, plus_one, qk_norm_weights, with_rope_context
 from lens.families.gemma2 import GEMMA2_KEYS, gemma2_config, gemma2_weights
 
 
@@ -64,12 +64,7 @@ def _config(hf: dict) -> dict:
 
 
 def _weights(cfg) -> dict:
-    w = gemma2_weights(cfg)
-    for i in range(cfg.n_layers):
-        a = f"model.layers.{i}.self_attn."
-        w[f"blocks.{i}.attn.q_norm.w"] = plus_one(a + "q_norm.weight")
-        w[f"blocks.{i}.attn.k_norm.w"] = plus_one(a + "k_norm.weight")
-    return w
+    return {**gemma2_weights(cfg), **qk_norm_weights(cfg, plus_one)}
 
 
 ADAPTER = Adapter(

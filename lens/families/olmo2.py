@@ -21,7 +21,7 @@ Checkpoints: allenai/OLMo-2-0425-1B, allenai/OLMo-2-1124-7B, allenai/OLMo-2-1124
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, same
+from lens.families.base import TINY_SHAPE, Adapter, qk_norm_weights, same
 from lens.families.llama import LLAMA_KEYS, llama_config, llama_weights
 
 
@@ -44,9 +44,7 @@ def _weights(cfg) -> dict:
         del w[b + "ln1.w"], w[b + "ln2.w"]  # llama's pre-norms; OLMo-2 has none
         w[b + "ln1_post.w"] = same(h + "post_attention_layernorm.weight")
         w[b + "ln2_post.w"] = same(h + "post_feedforward_layernorm.weight")
-        w[b + "attn.q_norm.w"] = same(h + "self_attn.q_norm.weight")
-        w[b + "attn.k_norm.w"] = same(h + "self_attn.k_norm.weight")
-    return w
+    return {**w, **qk_norm_weights(cfg)}
 
 
 ADAPTER = Adapter(

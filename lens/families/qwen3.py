@@ -11,7 +11,7 @@ True
 
 from __future__ import annotations
 
-from lens.families.base import TINY_SHAPE, Adapter, same
+from lens.families.base import TINY_SHAPE, Adapter, qk_norm_weights
 from lens.families.llama import llama_config, llama_weights
 from lens.families.qwen2 import QWEN_KEYS, qwen_windows
 
@@ -24,12 +24,7 @@ def _config(hf: dict) -> dict:
 
 
 def _weights(cfg) -> dict:
-    w = llama_weights(cfg)
-    for i in range(cfg.n_layers):
-        a = f"model.layers.{i}.self_attn."
-        w[f"blocks.{i}.attn.q_norm.w"] = same(a + "q_norm.weight")
-        w[f"blocks.{i}.attn.k_norm.w"] = same(a + "k_norm.weight")
-    return w
+    return {**llama_weights(cfg), **qk_norm_weights(cfg)}
 
 
 ADAPTER = Adapter(
