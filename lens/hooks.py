@@ -557,9 +557,14 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         reuse_memory: bool = True,
         clear_contexts: bool = False,
         pos_slice: Any = None,
+        cache_device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> tuple[Any, Any]:
         """Run the forward and return ``(output, cache)`` of the selected activations.
+
+        ``device`` (or its other name ``cache_device``): where the cached copies go (default: where each
+        activation was computed, so a model placed on several devices gives a cache spread over them;
+        ``cache_device="cpu"`` gathers it on one device).
 
         ``pos_slice``: keep only these positions of each activation (see :meth:`get_caching_hooks`);
         ``clear_contexts=True`` empties every hook point's ``ctx`` first (as :meth:`run_with_hooks`).
@@ -584,6 +589,10 @@ class HookedRootModule(HookManagementMixin, nn.Module):
         >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "pattern" in n)
         >>> cache["pattern", 0].shape  # [batch, head, query_pos, key_pos]
         """
+        if cache_device is not None:
+            if device is not None and torch.device(device) != torch.device(cache_device):
+                raise ValueError(f"device={device!r} and cache_device={cache_device!r} disagree; pass one of them")
+            device = cache_device
         if incl_bwd and not torch.is_grad_enabled():
             where = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
             raise ValueError(

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lens import hub
+from lens import hub, placement
 from lens.config import DEFAULT_MAX_CONTEXT, TransformerConfig, resolve_dtype
 from lens.families import find_adapter
 from lens.families.base import Adapter, WeightSpec
@@ -78,6 +78,10 @@ def from_pretrained(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    n_devices: int | None = None,
     **processing: bool,
 ):
     """A ``model_class`` (:class:`lens.HookedTransformer`) with the weights of a local checkpoint or
@@ -101,6 +105,12 @@ def from_pretrained(
         revision, cache_dir, local_files_only: for hub names only: the branch, tag or commit (default
             ``main``), the cache directory (default ``$HF_HUB_CACHE`` / ``$HF_HOME/hub``, read at call time),
             and ``True`` to never touch the network. ``revision`` with any other source raises ``ValueError``.
+        device_map, max_memory, offload_folder, n_devices: a model larger than one device
+            (:mod:`lens.placement`, through accelerate): ``device_map="auto"`` (``"balanced"``, ``"sequential"``)
+            or ``{module: device}`` over ``embed``, ``blocks.N``, ``ln_final``, ``unembed`` (``"disk"`` offloads a
+            block to ``offload_folder``; ``"cpu"`` with an accelerator in the map offloads it to CPU RAM);
+            ``max_memory={0: "20GiB", "cpu": "60GiB"}`` sizes the automatic maps; ``n_devices=N`` splits the
+            blocks evenly over N GPUs as TransformerLens. Everything is checked before weights are read.
         flags, **processing: opt-in weight processing (see :mod:`lens.processing`) as one
             :class:`~lens.processing.ProcessingFlags` or as the keywords ``fold_ln``,
             ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` (bools); off by
@@ -120,21 +130,23 @@ def from_pretrained(
     _check_override(context_size_override)
     flags = ProcessingFlags.resolve(flags, processing, "from_pretrained")
     hub.check_arguments(revision, cache_dir, local_files_only)
+    request, device = placement.check_request(device, device_map, max_memory, offload_folder, n_devices)
     if dtype is not None and not _is_auto(dtype):
         dtype = resolve_dtype(dtype)
     if isinstance(source, str) and not Path(source).exists() and hub.is_hub_name(source):
         snapshot = hub.resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         model = _from_directory(
-            snapshot, dtype, device, context_size_override, flags, model_class, model_name=hub.hub_name(source)
-        )
+            snapshot, dtype, device, context_size_override, flags, model_class, request,
+            model_name=hub.hub_name(source),
+        )  # fmt: skip
     elif revision is not None:
         raise ValueError(f"revision={revision!r} selects a hub snapshot, but the source is not a hub name")
     elif isinstance(source, (str, os.PathLike)):
         model = _from_directory(
-            Path(source), dtype, device, context_size_override, flags, model_class, given=os.fspath(source)
+            Path(source), dtype, device, context_size_override, flags, model_class, request, given=os.fspath(source)
         )
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
-        model = _from_model_object(source, dtype, device, context_size_override, flags, model_class)
+        model = _from_model_object(source, dtype, device, context_size_override, flags, model_class, request)
     else:
         raise TypeError(
             f"source must be a local directory path or a transformers model object, got {type(source).__name__}"
@@ -165,7 +177,7 @@ def from_hf_model(
         raise TypeError(f"expected a transformers PreTrainedModel, got {type(hf_model).__name__}")
     adapter, hf = _object_adapter(hf_model)
     cfg = adapter.make_config(hf, dtype=_object_dtype(hf_model, dtype), device=device, **config_overrides)
-    return _load_object(hf_model, adapter, cfg, model_class, tokenizer)
+    return _load_object(hf_model, adapter, cfg, model_class, None, tokenizer)
 
 
 # -- context ------------------------------------------------------------------------------------------
@@ -426,8 +438,12 @@ def load_weights(
     get: Callable[[str], Tensor],
     available: Iterable[str],
     ignore: tuple[str, ...] = (),
+    put: Callable[[str, Tensor, Tensor], None] | None = None,
 ) -> None:
     """Fill ``model``'s parameters from checkpoint tensors, one at a time (no second full copy).
+
+    ``put(name, parameter, value)`` stores each value (default: ``parameter.copy_(value)``); a placed load
+    (:func:`lens.placement.place`) sends offloaded blocks' weights to their store through it.
 
     Raises ``ValueError`` naming the first few missing or unexpected checkpoint tensors, the tensor whose
     shape does not match the config, or one that is not floating point for a float weight, before or instead
@@ -463,10 +479,13 @@ def load_weights(
                 f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {tuple(value.shape)}, "
                 f"but the config needs {tuple(p.shape)} for {name}"
             )
-        p.copy_(value)  # copy_ converts dtype and device without a temporary
+        if put is None:
+            p.copy_(value)  # copy_ converts dtype and device without a temporary
+        else:
+            put(name, p, value)
 
 
-def _fill(model, adapter: Adapter, reader: CheckpointReader) -> None:
+def _fill(model, adapter: Adapter, reader: CheckpointReader, put=None) -> None:
     names = adapter.source_names(reader.names)
     parts: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {}  # unpacked name -> (fused tensor, slice)
     if adapter.unpack is not None:
@@ -485,7 +504,7 @@ def _fill(model, adapter: Adapter, reader: CheckpointReader) -> None:
         return take(last[1])
 
     try:
-        load_weights(model, adapter.weights(model.cfg), get, [*names, *parts], adapter.ignored(model.cfg))
+        load_weights(model, adapter.weights(model.cfg), get, [*names, *parts], adapter.ignored(model.cfg), put)
     finally:
         reader.close()
 
@@ -504,7 +523,15 @@ def _not_a_directory(path: Path, given: str | None = None) -> Exception:
 
 
 def _from_directory(
-    directory: Path, dtype, device, override, flags: ProcessingFlags, model_class, given=None, model_name=None
+    directory: Path,
+    dtype,
+    device,
+    override,
+    flags: ProcessingFlags,
+    model_class,
+    request=None,
+    given=None,
+    model_name=None,
 ):
     if not directory.is_dir():
         raise _not_a_directory(directory, given)
@@ -521,17 +548,36 @@ def _from_directory(
             tokenizer = Tokenizer.from_directory(directory)
         except Exception as e:
             raise ValueError(f"could not load {directory / 'tokenizer.json'}: {e}") from e
-    reader = open_checkpoint(directory, cfg.dtype)
-    model = model_class(cfg, tokenizer=tokenizer, init=False)
-    _fill(model, adapter, reader)
-    return model
+    reader = open_checkpoint(directory, cfg.dtype) if request is None else None  # placed: after the plan
+
+    def fill(model, put):
+        _fill(model, adapter, reader or open_checkpoint(directory, cfg.dtype), put)
+
+    return _build(model_class, cfg, tokenizer, request, flags, fill)
 
 
-def _from_model_object(hf_model, dtype, device, override, flags: ProcessingFlags, model_class):
+def _build(model_class, cfg: TransformerConfig, tokenizer, request, flags: ProcessingFlags, fill):
+    """``model_class(cfg)`` filled by ``fill(model, put)``: on ``cfg.device``, or (``request``) planned by
+    :mod:`lens.placement` on the meta model first, so a bad map fails before any weight is read."""
+    if request is None:
+        model = model_class(cfg, tokenizer=tokenizer, init=False)
+        fill(model, None)
+        return model
+    model = placement.empty_model(lambda: model_class(cfg, tokenizer=tokenizer, init=False))
+    where = placement.plan(model, request, cfg.dtype)
+    if where.offloaded and flags.requested:
+        raise ValueError(
+            f"{', '.join(flags.requested)} rewrite every block's weights in memory, but this placement offloads "
+            f"{len(where.offloaded)} block(s); load without offloading, or without weight processing"
+        )
+    return placement.place(model, where, lambda put: fill(model, put))
+
+
+def _from_model_object(hf_model, dtype, device, override, flags: ProcessingFlags, model_class, request=None):
     adapter, hf = _object_adapter(hf_model)
     cfg = _make_config(adapter, hf, override, dtype=_object_dtype(hf_model, dtype), device=device)
     flags.check(cfg)
-    model = _load_object(hf_model, adapter, cfg, model_class)
+    model = _load_object(hf_model, adapter, cfg, model_class, request, flags=flags)
     if model.tokenizer is None:
         revision = getattr(getattr(hf_model, "config", None), "_commit_hash", None)
         _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None), revision)
@@ -551,10 +597,20 @@ def _object_dtype(hf_model, dtype: str | torch.dtype | None) -> torch.dtype:
     return next(_params(hf_model), torch.empty(0)).dtype
 
 
-def _load_object(hf_model, adapter: Adapter, cfg: TransformerConfig, model_class, tokenizer: Any = None):
-    model = model_class(cfg, tokenizer=tokenizer, init=False)
-    _fill(model, adapter, _StateDictReader(hf_model.state_dict(), cfg.dtype))
-    return model
+def _load_object(
+    hf_model,
+    adapter: Adapter,
+    cfg: TransformerConfig,
+    model_class,
+    request=None,
+    tokenizer: Any = None,
+    flags: ProcessingFlags | None = None,
+):
+    state = hf_model.state_dict()
+    return _build(
+        model_class, cfg, tokenizer, request, flags or ProcessingFlags(),
+        lambda model, put: _fill(model, adapter, _StateDictReader(state, cfg.dtype), put),
+    )  # fmt: skip
 
 
 def _params(module) -> Iterator[Tensor]:

@@ -66,6 +66,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         if not isinstance(cfg, TransformerConfig):
             raise TypeError(f"cfg must be a TransformerConfig or dict, got {type(cfg).__name__}")
         self.cfg = cfg
+        self.placement = None  # a lens.placement.Placement when from_pretrained(device_map=...) spread the model
         self.tokenizer = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
@@ -121,6 +122,10 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
+        device_map: Any = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
+        n_devices: int | None = None,
     ) -> HookedTransformer:
         """Load a local Hugging Face-format directory, a hub name, or a ``transformers`` model object.
 
@@ -140,9 +145,14 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         each head's QK/OV factors as TransformerLens (refused for rotary and grouped-query models).
         ``tokenizer``: a :class:`lens.Tokenizer` or a ``transformers`` fast tokenizer to use instead of the
         checkpoint's (a model object's comes from the directory or hub-cache snapshot of its ``name_or_path``).
+        ``device_map`` / ``max_memory`` / ``offload_folder`` / ``n_devices`` place a model larger than one device
+        (:mod:`lens.placement`, through accelerate): blocks whole on GPUs, offloaded to CPU RAM or to disk, the
+        residual stream moving between them; ``model.placement`` says where everything went.
         Errors leave nothing half-loaded.
 
         >>> model = HookedTransformer.from_pretrained(Path("checkpoints/pythia-160m"), fold_ln=True)  # doctest: +SKIP
+        >>> big = HookedTransformer.from_pretrained("Qwen/Qwen3-8B", device_map="auto",  # doctest: +SKIP
+        ...                                         max_memory={0: "8GiB", "cpu": "24GiB"}, offload_folder="offload")
         """
         from lens.loading import from_pretrained
         from lens.processing import ProcessingFlags
@@ -165,6 +175,10 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+            n_devices=n_devices,
         )
 
     def process_weights(
@@ -209,9 +223,27 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         return super().to(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):
+        placed = getattr(self, "placement", None)
+        moved = False
+        if placed is not None:  # a placed model moved to one device is one device's model again
+            moved = fn(torch.empty(0, device=placed.main)).device != placed.main
+            if moved and placed.offloaded:
+                raise ValueError(
+                    f"this model offloads {len(placed.offloaded)} block(s) (model.placement); it cannot move to one "
+                    "device: reload it with device=... instead"
+                )
         super()._apply(fn, recurse)
+        if moved:
+            self.placement = None
         self._sync_cfg_dtype_device()
         return self
+
+    def block_devices(self) -> list[torch.device]:
+        """The device each block computes on: ``cfg.device`` for every block unless the model is placed
+        (``from_pretrained(device_map=...)``), where an offloaded block computes on the main device."""
+        if self.placement is not None:
+            return list(self.placement.block_devices)
+        return [self.embed.weight.device] * self.cfg.n_layers
 
     def _sync_cfg_dtype_device(self) -> None:
         """Set ``cfg.dtype`` / ``cfg.device`` to the floating parameters' (via a copy of the config, rebound on
@@ -499,6 +531,9 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         logits = self._unembed_final(resid, logits_to_keep)
         if return_type == "logits":
             return logits
+        if self.placement is not None:  # the logits are on the unembedding's device
+            tokens = tokens.to(logits.device)
+            attention_mask = None if attention_mask is None else attention_mask.to(logits.device)
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
@@ -506,15 +541,25 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         self, resid: Float[Tensor, "batch pos d_model"], ctx: Any, start: int, stop: int, kv_cache: Any
     ) -> Float[Tensor, "batch pos d_model"]:
         """Blocks ``[start, stop)`` over ``resid``; then a KV cache moves past these positions."""
-        blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
-        for block in blocks:
-            resid = block(resid, ctx)
+        if self.placement is None:
+            blocks = self.blocks if (start, stop) == (0, len(self.blocks)) else self.blocks[start:stop]  # no copy
+            for block in blocks:
+                resid = block(resid, ctx)
+        else:  # the residual stream and the context (masks, rotary tables) follow each block's device
+            contexts = {ctx.positions.device: ctx}
+            for i in range(start, stop):
+                device = self.placement.block_devices[i]
+                if device not in contexts:
+                    contexts[device] = ctx.to(device)
+                resid = self.blocks[i](resid.to(device), contexts[device])
         if kv_cache is not None and hasattr(kv_cache, "advance"):
             kv_cache.advance(ctx.q_len)
         return resid
 
     def _unembed_final(self, resid: Float[Tensor, "batch pos d_model"], keep: int = 0) -> Tensor:
         """Final norm over every position (its hooks see them all), then logits of the last ``keep`` (0: all)."""
+        if self.placement is not None:
+            resid = resid.to(self.placement.output)
         if self.ln_final is not None:
             resid = self.ln_final(resid)
         return self.unembed(resid[:, -keep:] if keep else resid)

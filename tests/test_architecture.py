@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("lens.analysis",),
     ("lens.generation",),
-    ("lens.loading", "lens.hub"),
+    ("lens.loading", "lens.hub", "lens.placement"),
     ("lens.model",),
     ("lens.tools",),
     # applications, and the old import paths kept as aliases (lens.patching -> lens.tools.patching, ...)

@@ -88,6 +88,22 @@ class AttentionContext:
                 positions = torch.arange(q_offset, q_offset + q_len, device=device).expand(batch, q_len)
         return cls(q_offset, q_len, positions, key_valid, kv_cache)
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> AttentionContext:
+        """This context with its tensors (positions, padding mask, rotary tables, ring positions) on ``device``;
+        ``self`` when they are there already. Masks are rebuilt there lazily; the KV cache is shared."""
+        device = torch.device(device)
+        if self.positions.device == device:
+            return self
+
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return AttentionContext(
+            self.q_offset, self.q_len, move(self.positions), move(self.key_valid), self.kv_cache,
+            None if self.key_pos is None else {w: move(p) for w, p in self.key_pos.items()},
+            move(self.cos), move(self.sin), move(self.cos_local), move(self.sin_local),
+        )  # fmt: skip
+
     def is_plain_causal(self, k_len: int, window: int | None) -> bool:
         """True when the mask is exactly the square causal mask (fused ``is_causal=True`` applies)."""
         return (

@@ -95,8 +95,11 @@ class KVCache:
         cfg: the model's config (layers, kv heads, d_head, windows, dtype).
         batch: number of sequences (rows).
         max_len: positions to hold (prompt + new tokens); writing beyond raises ``ValueError``.
-        dtype / device: of the buffers (default ``cfg.dtype`` / ``cfg.device``).
+        dtype / device: of the buffers (default ``cfg.dtype`` / ``cfg.device``); ``device`` also holds the
+            padding mask and positions (the embedding's device).
         kv_cache_dtype: None (the model dtype) or ``"int8"``.
+        layer_devices: one device per layer for a model placed on several devices (each layer's keys and values
+            live where that layer computes: ``model.block_devices()``); default ``device`` for all.
 
     Attributes:
         offset: positions written so far (the next token's index in the sequence).
@@ -116,6 +119,7 @@ class KVCache:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         kv_cache_dtype: str | None = None,
+        layer_devices: list[torch.device] | None = None,
     ):
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
@@ -126,6 +130,9 @@ class KVCache:
         self.dtype = dtype or cfg.dtype
         self.device = torch.device(device if device is not None else (cfg.device or "cpu"))
         self.kv_cache_dtype = kv_cache_dtype
+        if layer_devices is not None and len(layer_devices) != cfg.n_layers:
+            raise ValueError(f"layer_devices has {len(layer_devices)} entries; the model has {cfg.n_layers} layers")
+        devices = [self.device] * cfg.n_layers if layer_devices is None else [torch.device(d) for d in layer_devices]
         self.offset = 0
         self.key_positions: dict[int, Int[Tensor, " k"]] | None = None
         # ungrouped GQA (cfg.ungroup_grouped_query_attention) attends with one key/value head per query head
@@ -139,7 +146,7 @@ class KVCache:
             if ring:
                 self._windows.add(window)
             store = _LayerStore(
-                (*shape_kv, size, cfg.d_head), size, ring, self.dtype, self.device, kv_cache_dtype == "int8"
+                (*shape_kv, size, cfg.d_head), size, ring, self.dtype, devices[i], kv_cache_dtype == "int8"
             )
             self.layers.append(store)
         self._key_mask: Bool[Tensor, "batch max_len"] | None = None  # allocated on the first padding
@@ -149,9 +156,13 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, batch: int, max_len: int, kv_cache_dtype: str | None = None) -> KVCache:
-        """A cache matching ``model``'s config, dtype and device."""
+        """A cache matching ``model``'s config, dtype and device (each layer's on its block's device)."""
         w = model.embed.weight
-        return cls(model.cfg, batch, max_len, dtype=w.dtype, device=w.device, kv_cache_dtype=kv_cache_dtype)
+        layers = model.block_devices() if getattr(model, "placement", None) is not None else None
+        return cls(
+            model.cfg, batch, max_len, dtype=w.dtype, device=w.device, kv_cache_dtype=kv_cache_dtype,
+            layer_devices=layers,
+        )  # fmt: skip
 
     @property
     def nbytes(self) -> int:
@@ -234,12 +245,12 @@ class KVCache:
         # several tokens: the window's earlier keys in position order, then the new ones
         prev = min(off, w - 1)
         if prev:
-            k_old, v_old = store.read(torch.arange(off - prev, off, device=self.device) % w)
+            k_old, v_old = store.read(torch.arange(off - prev, off, device=kt.device) % w)
             k_all, v_all = torch.cat((k_old, kt), 2), torch.cat((v_old, vt), 2)
         else:
             k_all, v_all = kt, vt
         keep = min(q, w)
-        slots = torch.arange(off + q - keep, off + q, device=self.device) % w
+        slots = torch.arange(off + q - keep, off + q, device=kt.device) % w
         store.write(slots, kt[:, :, q - keep :], vt[:, :, q - keep :])
         return k_all, v_all
 
@@ -275,7 +286,7 @@ class KVCache:
             used = min(self.offset, store.size)
             for name in store.tensors():
                 buf = getattr(store, name).narrow(2, 0, used)
-                buf.copy_(buf.index_select(0, index))
+                buf.copy_(buf.index_select(0, index.to(buf.device)))
         if self._key_mask is not None:
             self._key_mask.copy_(self._key_mask.index_select(0, index))
             self._next_pos.copy_(self._next_pos.index_select(0, index))
