@@ -564,6 +564,7 @@ def _build(model_class, cfg: TransformerConfig, tokenizer, request, flags: Proce
         fill(model, None)
         return model
     model = placement.empty_model(lambda: model_class(cfg, tokenizer=tokenizer, init=False))
+    model.tie_weights()  # accelerate's empty construction gives a tied parameter a tensor of its own
     where = placement.plan(model, request, cfg.dtype)
     if where.offloaded and flags.requested:
         raise ValueError(

@@ -83,13 +83,19 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         self.unembed = Unembed(cfg)
-        if cfg.tie_word_embeddings:
-            self.unembed.weight = self.embed.weight
+        self.tie_weights()
         if init:
             self.init_weights(seed)
         self.sync_hooks()  # optional hook points (hook_tokens, set_use_* flags), then setup() names them all
 
     # -- weights ------------------------------------------------------------------------------------
+    def tie_weights(self) -> None:
+        """Make the unembedding share the embedding's tensor when ``cfg.tie_word_embeddings`` (a no-op
+        otherwise). ``__init__`` calls it; so does a placed load, whose empty (meta) construction gives every
+        parameter its own tensor."""
+        if self.cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.weight
+
     @torch.no_grad()
     def init_weights(self, seed: int | None = None, std: float = 0.02) -> None:
         """GPT-2-style random init: N(0, std), output projections scaled by 1/sqrt(2 n_layers)."""
@@ -226,12 +232,20 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         placed = getattr(self, "placement", None)
         moved = False
         if placed is not None:  # a placed model moved to one device is one device's model again
-            moved = fn(torch.empty(0, device=placed.main)).device != placed.main
+            probe = fn(torch.empty(0, dtype=self.cfg.dtype, device=placed.main))
+            moved = probe.device != placed.main
             if moved and placed.offloaded:
                 raise ValueError(
                     f"this model offloads {len(placed.offloaded)} block(s) (model.placement); it cannot move to one "
                     "device: reload it with device=... instead"
                 )
+            if probe.dtype != self.cfg.dtype and placed.offloaded:  # the offloaded weights would keep the old dtype
+                raise ValueError(
+                    f"this model offloads {len(placed.offloaded)} block(s) (model.placement), whose stored weights "
+                    f"stay {self.cfg.dtype}; it cannot become {probe.dtype}: reload it with dtype={probe.dtype}"
+                )
+        if placed is not None and placed.offloaded:  # what is left is no move; offloaded weights stay on meta
+            fn = (lambda f: lambda t: t if t.is_meta else f(t))(fn)
         super()._apply(fn, recurse)
         if moved:
             self.placement = None

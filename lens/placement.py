@@ -35,7 +35,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,7 @@ def check_request(
     folder = _check_folder(offload_folder)
     first = "cuda:0"
     if n_devices is not None:
-        first = normalize_device(device if device is not None else "cuda:0", "device")
+        first = "cuda:0" if device is None else normalize_device(device, "device")
         if n_devices == 1:
             return None, device
         kind, start = first.split(":")[0], int(first.split(":")[1]) if ":" in first else 0
@@ -378,7 +378,8 @@ def _auto(model: nn.Module, request: PlacementRequest, dtype: torch.dtype, units
         memory = {_accelerate_key(k): v for k, v in request.max_memory.items()}
     else:
         memory = get_max_memory()
-    ordered = _RootFirst(model)
+    tied = bool(model.cfg.tie_word_embeddings)  # the unembedding is the embedding's tensor: it goes where that goes
+    ordered = _RootFirst(model, skip=("unembed",) if tied else ())
     gpus = [k for k in memory if isinstance(k, int) or k == "mps"]
     if request.device_map != "sequential" and len(gpus) > 1:
         memory = get_balanced_memory(
@@ -398,46 +399,79 @@ def _auto(model: nn.Module, request: PlacementRequest, dtype: torch.dtype, units
         )
     found = infer_auto_device_map(ordered, max_memory=memory, no_split_module_classes=[BLOCK_CLASS], dtype=dtype)
     named = {k: (f"cuda:{v}" if isinstance(v, int) else str(v)) for k, v in found.items()}
+    if tied:
+        named["unembed"] = named.get("embed", named.get("", main))
     return _resolve(model, named, units)
 
 
 class _RootFirst(nn.Module):
     """The model's modules with the root's own first, so accelerate places them before any block (on the main
-    device) and offloads blocks, never the embedding or unembedding. Shares the model's parameters."""
+    device) and offloads blocks, never the embedding or unembedding. Shares the model's parameters; ``skip``
+    leaves out a module whose only parameter is another's (a tied unembedding), which accelerate cannot size."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, skip: tuple[str, ...] = ()):
         super().__init__()
         for name, child in model.named_children():
-            if name != "blocks":
+            if name != "blocks" and name not in skip:
                 self.add_module(name, child)
         self.add_module("blocks", model.blocks)
 
 
 # -- loading into a placement ------------------------------------------------------------------------------
+def _memory_order(param: Tensor) -> tuple[int, ...]:
+    """The dimension order in which ``param`` is laid out in memory (outermost first): ``param.permute(order)``
+    is contiguous. Components pick kernels by layout (a transposed weight), so an offloaded weight must come
+    back with its parameter's strides, not as a contiguous copy."""
+    return tuple(sorted(range(param.ndim), key=lambda d: (-param.stride(d), d)))
+
+
+class _Laid(Mapping):
+    """Offloaded weights (stored contiguously in memory order) seen in their parameters' layout."""
+
+    def __init__(self, stored: Mapping, orders: dict[str, tuple[int, ...]]):
+        self.stored, self.orders = stored, orders
+
+    def __getitem__(self, key: str) -> Tensor:
+        value, order = self.stored[key], self.orders.get(key)
+        return value if order is None else value.permute(*sorted(range(len(order)), key=order.__getitem__))
+
+    def __iter__(self):
+        return iter(self.stored)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+
 class _Store:
-    """Where offloaded weights go while loading: CPU RAM (a dict) or ``offload_folder`` (accelerate's files)."""
+    """Where offloaded weights go while loading: CPU RAM (a dict) or ``offload_folder`` (accelerate's files),
+    each in its parameter's memory order."""
 
     def __init__(self, folder: Path | None):
-        self.folder, self.ram, self.index, self.written = folder, {}, {}, []
+        self.folder, self.ram, self.index, self.written, self.orders = folder, {}, {}, [], {}
 
-    def put(self, name: str, value: Tensor, to_disk: bool) -> None:
+    def put(self, name: str, param: Tensor, value: Tensor, to_disk: bool) -> None:
         from accelerate.utils import offload_weight
 
+        order = _memory_order(param)
+        if order != tuple(range(param.ndim)):
+            self.orders[name] = order
+        value = value.detach().to(param.dtype).permute(*order)
         if to_disk:
             self.written.append(self.folder / f"{name}.dat")
-            offload_weight(value.detach().contiguous(), name, str(self.folder), self.index)
+            offload_weight(value.contiguous(), name, str(self.folder), self.index)
         else:
-            self.ram[name] = value.detach().to("cpu", copy=True).contiguous()
+            self.ram[name] = value.to("cpu", copy=True).contiguous()
 
-    def loader(self):
+    def loader(self) -> Mapping:
         from accelerate.utils import OffloadedWeightsLoader, save_offload_index
 
         if self.index:
             save_offload_index(self.index, str(self.folder))
             self.written.append(self.folder / "index.json")
-        return OffloadedWeightsLoader(
+        stored = OffloadedWeightsLoader(
             state_dict=self.ram, save_folder=str(self.folder) if self.index else None, index=self.index or None
         )
+        return _Laid(stored, self.orders)
 
     def discard(self) -> None:
         for path in self.written:
@@ -483,7 +517,7 @@ def place(model: nn.Module, placement: Placement, fill: Callable[[Callable[[str,
             param.copy_(value)
             return
         block = int(name.split(".")[1])
-        store.put(name, value.to(param.dtype), placement.device_map[f"blocks.{block}"] == DISK)
+        store.put(name, param, value, placement.device_map[f"blocks.{block}"] == DISK)
 
     try:
         fill(put)
