@@ -133,7 +133,8 @@ def main() -> None:
         budget = int(root + args.blocks_in_budget * block)
         total = n_params * 4
         print(f"checkpoint: {total / 1e6:.0f} MB fp32 (root modules {root / 1e6:.0f} MB, one block "
-              f"{block / 1e6:.1f} MB); max_memory cpu = {budget / 1e6:.0f} MB; forward {args.batch}x{args.pos} tokens")  # fmt: skip
+              f"{block / 1e6:.1f} MB); max_memory cpu = {budget / 1e6:.0f} MB; "
+              f"forward {args.batch}x{args.pos} tokens")  # fmt: skip
         results = {case: _run(case, work, budget, args, work / f"{case}.pt") for case in CASES}
         print(f"{'case':14s} {'in RAM':>8s} {'load peak':>10s} {'/placed':>8s} {'fwd peak':>9s} "
               f"{'/(budget+block)':>15s} {'fwd s':>7s} {'vs memory':>9s} {'on disk':>8s}")  # fmt: skip

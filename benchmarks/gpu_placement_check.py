@@ -104,7 +104,8 @@ def check(model: HookedTransformer, reference: HookedTransformer, toks: torch.Te
         gen_s = _timed(lambda: model.generate(prompt, **kw), repeats=1)
         ref_gen_s = _timed(lambda: reference.generate(prompt, **kw), repeats=1)
     return dict(
-        max_logit_diff=diff, hooks_on_block_devices=hooks_ok, cache_on_cpu_equal=cache_ok, kv_on_block_devices=all(kv_ok),
+        max_logit_diff=diff, hooks_on_block_devices=hooks_ok, cache_on_cpu_equal=cache_ok,
+        kv_on_block_devices=all(kv_ok),
         greedy_equal=same_tokens, forward_tok_s=toks.numel() / fwd_s, ref_forward_tok_s=toks.numel() / ref_fwd_s,
         decode_tok_s=new / gen_s, ref_decode_tok_s=new / ref_gen_s,
     )  # fmt: skip
