@@ -278,6 +278,9 @@ class CheckpointReader:
 
     names: list[str]
     dtype: torch.dtype | None = None
+    # True when ``shape(name)`` and ``rows(name, start, stop)`` read a tensor's header and a few of its rows
+    # without mapping the rest (the loader then fills large parameters a chunk at a time)
+    reads_rows: bool = False
 
     def get(self, name: str) -> Tensor:
         raise NotImplementedError
@@ -334,6 +337,22 @@ class _SafetensorsReader(CheckpointReader):
             return self._converted_in_chunks(file, name, shape, stored)
         except Exception as e:
             raise ValueError(f"could not read tensor {name!r} from {file}: {e}") from e
+
+    reads_rows = True
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of ``name``, from the file's header."""
+        with self._open(str(self._where[name]), framework="pt", device="cpu") as f:
+            return tuple(f.get_slice(name).get_shape())
+
+    def rows(self, name: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of ``name``, read alone (the file is mapped only for them)."""
+        file = self._where[name]
+        try:
+            with self._open(str(file), framework="pt", device="cpu") as f:
+                return self._convert(f.get_slice(name)[start:stop])
+        except Exception as e:
+            raise ValueError(f"could not read rows {start}:{stop} of tensor {name!r} from {file}: {e}") from e
 
     def _converted_in_chunks(self, file: Path, name: str, shape: list[int], stored: torch.dtype) -> Tensor:
         """Convert ``CHUNK_BYTES`` of rows at a time, remapping the file per chunk so pages are released."""
@@ -439,11 +458,16 @@ def load_weights(
     available: Iterable[str],
     ignore: tuple[str, ...] = (),
     put: Callable[[str, Tensor, Tensor], None] | None = None,
+    rows: Callable[[str], tuple[tuple[int, ...], Callable[[int, int], Tensor]] | None] | None = None,
 ) -> None:
     """Fill ``model``'s parameters from checkpoint tensors, one at a time (no second full copy).
 
-    ``put(name, parameter, value)`` stores each value (default: ``parameter.copy_(value)``); a placed load
-    (:func:`lens.placement.place`) sends offloaded blocks' weights to their store through it.
+    A parameter with storage is filled in place (``parameter.copy_(value)``); one without (on the meta
+    device: a block a placed load offloads) is handed to ``put(name, parameter, value)``, which
+    :func:`lens.placement.place` uses to send it to its store. ``rows(source)`` may give ``(shape, fetch)``
+    with ``fetch(start, stop)`` reading only those rows: a large tensor whose spec maps rows one to one
+    (``WeightSpec.rows_to``) is then copied ``CHUNK_BYTES`` at a time, so the loading peak is the model plus a
+    chunk, not the model plus its largest tensor.
 
     Raises ``ValueError`` naming the first few missing or unexpected checkpoint tensors, the tensor whose
     shape does not match the config, or one that is not floating point for a float weight, before or instead
@@ -465,6 +489,10 @@ def load_weights(
         if name not in params:
             continue
         p = params[name]
+        chunked = _chunked_source(spec, p, rows)
+        if chunked is not None:
+            _copy_rows(name, spec, p, *chunked)
+            continue
         raw = [get(s) for s in spec.sources]
         if p.is_floating_point():
             for source, t in zip(spec.sources, raw, strict=True):
@@ -479,10 +507,40 @@ def load_weights(
                 f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {tuple(value.shape)}, "
                 f"but the config needs {tuple(p.shape)} for {name}"
             )
-        if put is None:
+        if put is None or not p.is_meta:
             p.copy_(value)  # copy_ converts dtype and device without a temporary
         else:
             put(name, p, value)
+
+
+def _chunked_source(spec: WeightSpec, p: Tensor, rows) -> tuple[tuple[int, ...], Callable] | None:
+    """``(shape, fetch)`` when ``p`` should be filled a few rows at a time: a row-wise spec, storage to copy
+    into, and a source bigger than a few chunks."""
+    if spec.rows_to is None or rows is None or p.is_meta or len(spec.sources) != 1:
+        return None
+    found = rows(spec.sources[0])
+    if found is None or not found[0] or math.prod(found[0]) * p.element_size() <= 4 * CHUNK_BYTES:
+        return None
+    return found
+
+
+def _copy_rows(name: str, spec: WeightSpec, p: Tensor, shape: tuple[int, ...], fetch) -> None:
+    """Fill ``p`` from the single source of ``spec`` (``shape``), ``CHUNK_BYTES`` of rows at a time."""
+    full = tuple(spec.combine([torch.empty(shape, device="meta")]).shape)
+    if full != tuple(p.shape):
+        raise ValueError(
+            f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {full}, "
+            f"but the config needs {tuple(p.shape)} for {name}"
+        )
+    step = max(1, CHUNK_BYTES // max(1, math.prod(shape[1:]) * p.element_size()))
+    for start in range(0, shape[0], step):
+        chunk = fetch(start, min(start + step, shape[0]))
+        if p.is_floating_point() and not chunk.is_floating_point():
+            raise ValueError(
+                f"checkpoint tensor {spec.sources[0]!r} has dtype {chunk.dtype}, but {name} is a {p.dtype} weight; "
+                "an integer or bool tensor would be converted silently (a corrupt or quantised checkpoint?)"
+            )
+        p.narrow(spec.rows_to, start, chunk.shape[0]).copy_(spec.combine([chunk]))
 
 
 def _fill(model, adapter: Adapter, reader: CheckpointReader, put=None) -> None:
@@ -503,8 +561,15 @@ def _fill(model, adapter: Adapter, reader: CheckpointReader, put=None) -> None:
             last[:] = [actual, reader.get(actual)]
         return take(last[1])
 
+    def rows(name: str):
+        if name in parts or not reader.reads_rows:
+            return None
+        return reader.shape(names[name]), lambda start, stop: reader.rows(names[name], start, stop)
+
     try:
-        load_weights(model, adapter.weights(model.cfg), get, [*names, *parts], adapter.ignored(model.cfg), put)
+        load_weights(
+            model, adapter.weights(model.cfg), get, [*names, *parts], adapter.ignored(model.cfg), put, rows
+        )  # fmt: skip
     finally:
         reader.close()
 

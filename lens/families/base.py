@@ -73,15 +73,18 @@ class WeightSpec:
     sources: tuple[str, ...]
     combine: Callable[[list[Tensor]], Tensor]
     describe: str = "copy"
+    # the parameter dimension the (single) source's rows land on, one to one, when ``combine`` works row by row
+    # (copy, add 1: 0; transpose: 1): the loader may then copy a large tensor a few rows at a time
+    rows_to: int | None = None
 
 
 def same(name: str) -> WeightSpec:
-    return WeightSpec((name,), lambda ts: ts[0], "copy")
+    return WeightSpec((name,), lambda ts: ts[0], "copy", rows_to=0)
 
 
 def transpose(name: str) -> WeightSpec:
     """A ``Conv1D``-style ``[in, out]`` weight stored as ``[out, in]``."""
-    return WeightSpec((name,), lambda ts: ts[0].T, "transpose")
+    return WeightSpec((name,), lambda ts: ts[0].T, "transpose", rows_to=1)
 
 
 def cat(*names: str) -> WeightSpec:
@@ -91,7 +94,7 @@ def cat(*names: str) -> WeightSpec:
 
 def plus_one(name: str) -> WeightSpec:
     """A norm weight stored as an offset from 1 (Gemma's ``(1 + w)`` RMSNorm)."""
-    return WeightSpec((name,), lambda ts: ts[0] + 1.0, "add 1")
+    return WeightSpec((name,), lambda ts: ts[0] + 1.0, "add 1", rows_to=0)
 
 
 @dataclass(frozen=True)
