@@ -489,9 +489,14 @@ def load_weights(
         if name not in params:
             continue
         p = params[name]
-        chunked = _chunked_source(spec, p, rows)
+        chunked = _chunked_source(spec, p, rows, offloaded=put is not None and p.is_meta)
         if chunked is not None:
-            _copy_rows(name, spec, p, *chunked)
+            chunks = RowChunks(name, spec, p, *chunked)
+            if p.is_meta:
+                put(name, p, chunks)
+            else:
+                for start, chunk in chunks:
+                    p.narrow(spec.rows_to, start, chunk.shape[spec.rows_to]).copy_(chunk)
             continue
         raw = [get(s) for s in spec.sources]
         if p.is_floating_point():
@@ -513,34 +518,49 @@ def load_weights(
             put(name, p, value)
 
 
-def _chunked_source(spec: WeightSpec, p: Tensor, rows) -> tuple[tuple[int, ...], Callable] | None:
-    """``(shape, fetch)`` when ``p`` should be filled a few rows at a time: a row-wise spec, storage to copy
-    into, and a source bigger than a few chunks."""
-    if spec.rows_to is None or rows is None or p.is_meta or len(spec.sources) != 1:
+def _chunked_source(spec: WeightSpec, p: Tensor, rows, offloaded: bool) -> tuple[tuple[int, ...], Callable] | None:
+    """``(shape, fetch)`` when ``p`` should be filled a few rows at a time: a row-wise spec, a parameter with
+    storage to copy into (or one sent to an offload store), and a source bigger than a few chunks."""
+    if spec.rows_to is None or rows is None or (p.is_meta and not offloaded) or len(spec.sources) != 1:
         return None
     found = rows(spec.sources[0])
-    if found is None or not found[0] or math.prod(found[0]) * p.element_size() <= 4 * CHUNK_BYTES:
+    if found is None or not found[0] or math.prod(found[0]) * p.element_size() <= CHUNK_BYTES:
         return None
     return found
 
 
-def _copy_rows(name: str, spec: WeightSpec, p: Tensor, shape: tuple[int, ...], fetch) -> None:
-    """Fill ``p`` from the single source of ``spec`` (``shape``), ``CHUNK_BYTES`` of rows at a time."""
-    full = tuple(spec.combine([torch.empty(shape, device="meta")]).shape)
-    if full != tuple(p.shape):
-        raise ValueError(
-            f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {full}, "
-            f"but the config needs {tuple(p.shape)} for {name}"
-        )
-    step = max(1, CHUNK_BYTES // max(1, math.prod(shape[1:]) * p.element_size()))
-    for start in range(0, shape[0], step):
-        chunk = fetch(start, min(start + step, shape[0]))
-        if p.is_floating_point() and not chunk.is_floating_point():
+class RowChunks:
+    """A parameter's value read ``CHUNK_BYTES`` of source rows at a time: iterating gives ``(start, chunk)``,
+    ``chunk`` being the parameter's slice ``start:start + len`` along dimension ``dim`` (the spec's
+    ``rows_to``), already combined (transposed, offset) and in the parameter's dtype. An offload store takes
+    one of these instead of a whole tensor and writes it through, so a large tensor never sits in memory whole.
+
+    Raises ``ValueError`` when the source's shape, combined, is not the parameter's, or when it is not floating
+    point for a float weight (as :func:`load_weights` does for whole tensors)."""
+
+    def __init__(self, name: str, spec: WeightSpec, p: Tensor, shape: tuple[int, ...], fetch: Callable):
+        full = tuple(spec.combine([torch.empty(shape, device="meta")]).shape)
+        if full != tuple(p.shape):
             raise ValueError(
-                f"checkpoint tensor {spec.sources[0]!r} has dtype {chunk.dtype}, but {name} is a {p.dtype} weight; "
-                "an integer or bool tensor would be converted silently (a corrupt or quantised checkpoint?)"
+                f"checkpoint tensor(s) {list(spec.sources)} ({spec.describe}) have shape {full}, "
+                f"but the config needs {tuple(p.shape)} for {name}"
             )
-        p.narrow(spec.rows_to, start, chunk.shape[0]).copy_(spec.combine([chunk]))
+        self.name, self.spec, self.dtype, self.shape, self.dim = name, spec, p.dtype, full, spec.rows_to
+        self._rows, self._fetch, self._float = shape, fetch, p.is_floating_point()
+
+    def __iter__(self):
+        step = max(
+            1, CHUNK_BYTES // max(1, math.prod(self._rows[1:]) * torch.empty((), dtype=self.dtype).element_size())
+        )
+        for start in range(0, self._rows[0], step):
+            chunk = self._fetch(start, min(start + step, self._rows[0]))
+            if self._float and not chunk.is_floating_point():
+                raise ValueError(
+                    f"checkpoint tensor {self.spec.sources[0]!r} has dtype {chunk.dtype}, but {self.name} is a "
+                    f"{self.dtype} weight; an integer or bool tensor would be converted silently (a corrupt or "
+                    "quantised checkpoint?)"
+                )
+            yield start, self.spec.combine([chunk]).to(self.dtype)
 
 
 def _fill(model, adapter: Adapter, reader: CheckpointReader, put=None) -> None:

@@ -450,17 +450,30 @@ class _Store:
         self.folder, self.ram, self.index, self.written, self.orders = folder, {}, {}, [], {}
 
     def put(self, name: str, param: Tensor, value: Tensor, to_disk: bool) -> None:
-        from accelerate.utils import offload_weight
-
         order = _memory_order(param)
         if order != tuple(range(param.ndim)):
             self.orders[name] = order
+        if hasattr(value, "dim") and not isinstance(value, Tensor):  # loading.RowChunks: a tensor a slice at a time
+            if to_disk and order[0] == value.dim:  # the slices are consecutive runs of the file
+                self.written.append(self.folder / f"{name}.dat")
+                self.index[name] = _write_dat_chunks(self.folder / f"{name}.dat", value, order)
+                return
+            whole = torch.empty(value.shape, dtype=param.dtype)
+            for start, chunk in value:
+                whole.narrow(value.dim, start, chunk.shape[value.dim]).copy_(chunk)
+            value = whole
         value = value.detach().to(param.dtype).permute(*order)
         if to_disk:
             self.written.append(self.folder / f"{name}.dat")
-            offload_weight(value.contiguous(), name, str(self.folder), self.index)
+            self.index[name] = _write_dat(self.folder / f"{name}.dat", value.contiguous())
         else:
             self.ram[name] = value.to("cpu", copy=True).contiguous()
+
+    def put_and_release(self, name: str, param: Tensor, value, to_disk: bool) -> None:
+        """:meth:`put`, then hand the freed transients back to the operating system (see ``_release_freed``)."""
+        self.put(name, param, value, to_disk)
+        del value
+        _release_freed()
 
     def loader(self) -> Mapping:
         from accelerate.utils import OffloadedWeightsLoader, save_offload_index
@@ -478,12 +491,74 @@ class _Store:
             path.unlink(missing_ok=True)
 
 
+def _libc_trim() -> Callable[[], None] | None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _libc_trim()
+
+
+def _release_freed() -> None:
+    """Return freed heap memory to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Offloading a block reads each weight, writes it out and frees it. glibc raises its mmap threshold after
+    the first large free, so later weight-sized buffers come from the heap and stay resident once freed: over
+    a model the load peak would grow by a few tensors for nothing, and a forward through offloaded blocks by a
+    few blocks. Trimming after each offloaded weight (loading) and each offloaded block's forward keeps the
+    peaks at the resident weights plus one transient."""
+    if _TRIM is not None:
+        _TRIM()
+
+
+def _write_dat(path: Path, value: Tensor) -> dict:
+    """Write ``value`` as accelerate's offload format reads it (raw bytes in ``<name>.dat``; bf16 and fp8 as
+    same-width integers) and return its index entry. A plain buffered write, not a memory map: the written
+    pages are not counted as this process's resident memory while loading."""
+    with open(path, "wb") as f:
+        kind = _write_raw(f, value)
+    return {"dtype": kind, "shape": list(value.shape)}
+
+
+def _write_dat_chunks(path: Path, chunks, order: tuple[int, ...]) -> dict:
+    """:func:`_write_dat` for a tensor given as ``loading.RowChunks`` whose slices, permuted to ``order``,
+    are consecutive runs of the file (``order[0]`` is the slicing dimension)."""
+    kind = None
+    with open(path, "wb") as f:
+        for _, chunk in chunks:
+            kind = _write_raw(f, chunk.permute(*order).contiguous())
+    return {"dtype": kind, "shape": [chunks.shape[d] for d in order]}
+
+
+def _write_raw(f, value: Tensor) -> str:
+    """Append ``value``'s bytes (contiguous) to ``f``; return accelerate's name for its dtype."""
+    kind = str(value.dtype).removeprefix("torch.")
+    if value.dtype == torch.bfloat16:
+        value = value.view(torch.int16)
+    elif kind.startswith("float8_"):
+        value = value.view(torch.int8)
+    else:
+        kind = None
+    array = value.cpu().numpy()
+    f.write(memoryview(array.reshape(-1) if array.ndim else array.reshape(1)).cast("B"))
+    return kind or str(array.dtype)
+
+
 def _materialize(module: nn.Module, device: torch.device) -> None:
     """Give ``module``'s meta parameters empty storage on ``device``; move its buffers there."""
     for sub in module.modules():
         for name, p in list(sub._parameters.items()):
             if p is not None and p.is_meta:
-                sub._parameters[name] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
+                # empty_strided, not empty_like: empty_like from a meta tensor touches part of the new storage
+                empty = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device=device)
+                sub._parameters[name] = nn.Parameter(empty, requires_grad=p.requires_grad)
         for name, b in list(sub._buffers.items()):
             if b is not None:
                 sub._buffers[name] = b.to(device)
@@ -517,7 +592,7 @@ def place(model: nn.Module, placement: Placement, fill: Callable[[Callable[[str,
             param.copy_(value)
             return
         block = int(name.split(".")[1])
-        store.put(name, param, value, placement.device_map[f"blocks.{block}"] == DISK)
+        store.put_and_release(name, param, value, placement.device_map[f"blocks.{block}"] == DISK)
 
     try:
         fill(put)
@@ -528,6 +603,8 @@ def place(model: nn.Module, placement: Placement, fill: Callable[[Callable[[str,
                 place_submodules=True,
             )  # fmt: skip
             add_hook_to_module(model.blocks[i], hook)
+            # after the hook has dropped the block's weights again: give their memory back (see _release_freed)
+            model.blocks[i].register_forward_hook(lambda *_: _release_freed())
     except BaseException:
         store.discard()
         raise

@@ -93,6 +93,46 @@ def test_auto_map_with_max_memory_offloads_the_rest(variant, tmp_path):
     assert cfg.n_layers == len(placed.block_devices())
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_loading_a_few_rows_at_a_time_changes_nothing(variant, dtype, tmp_path, monkeypatch):
+    """With a chunk size of a few rows, every large tensor is read a chunk at a time: straight into resident
+    parameters, and written through to the offload folder for offloaded ones (a slice per write where the
+    file's layout allows, else assembled first). Both give the model loaded whole, bit for bit."""
+    import lens.loading
+
+    directory, _ = saved(variant, dtype=dtype)
+    load = lambda **kw: HookedTransformer.from_pretrained(directory, dtype=dtype, **kw).eval()  # noqa: E731
+    reference = load()
+    n = reference.cfg.n_layers
+    monkeypatch.setattr(lens.loading, "CHUNK_BYTES", 96)  # a handful of rows of the tiny models' tensors
+    chunked = load()
+    placed = load(device_map=_offload_map(n), offload_folder=tmp_path)
+    for name, p in reference.named_parameters():
+        _same(chunked.get_parameter(name), p)
+    toks = hf_tokens(2, 9)
+    _same(placed(toks), reference(toks))
+
+
+def test_a_non_float_tensor_read_in_chunks_is_named(tmp_path, monkeypatch):
+    """A float weight stored as integers is refused on the chunked path too (in memory and offloaded)."""
+    from safetensors.torch import load_file, save_file
+
+    import lens.loading
+
+    directory, _ = saved("llama3")
+    broken = copy_dir(directory, tmp_path / "llama3")
+    state = load_file(broken / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj.weight"
+    state[name] = state[name].to(torch.int32)
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setattr(lens.loading, "CHUNK_BYTES", 96)
+    for kw in ({}, dict(device_map={"": "cpu", "blocks.1": "disk"}, offload_folder=tmp_path / "offload")):
+        with pytest.raises(ValueError, match=f"{name}.*torch.int32"):
+            HookedTransformer.from_pretrained(broken, **kw)
+    assert sorted((tmp_path / "offload").iterdir()) == []
+
+
 # -- generation, patching, gradients --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def llama_pair(tmp_path_factory):
