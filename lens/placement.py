@@ -3,8 +3,8 @@
 ``HookedTransformer.from_pretrained(..., device_map=..., max_memory=..., offload_folder=..., n_devices=...)``
 asks for a placement; this module checks the request (before any weight is read), plans it and loads into
 it. The planning and the offload machinery are accelerate's (``infer_auto_device_map``,
-``get_balanced_memory``, ``offload_weight`` / ``OffloadedWeightsLoader`` and ``AlignDevicesHook``); lens adds
-its own rules:
+``get_balanced_memory``, the offload folder's format read by ``OffloadedWeightsLoader``, and
+``AlignDevicesHook``); lens adds its own rules:
 
 * The placement units are the root's modules with weights (``embed``, ``pos_embed``, ``ln_final``,
   ``unembed``) and each block (``blocks.3``): a block is placed whole; a key inside one is refused.

@@ -327,5 +327,8 @@ class TransformerLensMethodsMixin:
         return self.to(torch.device("mps"))
 
     def move_model_modules_to_device(self):
-        """Move every module to ``cfg.device`` (lens keeps one model on one device; returns self)."""
+        """Move every module to ``cfg.device``; a placed model (``from_pretrained(n_devices=...)`` or
+        ``device_map=...``) already has each module on its device and is left as it is. Returns self."""
+        if self.placement is not None:
+            return self
         return self.to(self.cfg.device) if self.cfg.device is not None else self

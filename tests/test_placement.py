@@ -357,3 +357,14 @@ def test_offload_index_is_accelerates(tmp_path):
     for name in index:  # each tensor as it lies in memory (a transposed weight stays transposed)
         p = reference.get_parameter(name).detach()
         _same(loader[name].reshape(-1), p.as_strided((p.numel(),), (1,)))
+
+
+@torch.no_grad()
+def test_move_model_modules_to_device_keeps_a_placement(llama_pair):
+    """TransformerLens's ``move_model_modules_to_device`` leaves a placed model where the placement put it."""
+    reference, placed = llama_pair
+    before = placed.block_devices()
+    assert placed.move_model_modules_to_device() is placed
+    assert placed.block_devices() == before and placed.placement is not None
+    toks = hf_tokens(1, 5)
+    _same(placed(toks), reference(toks))
