@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -222,5 +223,5 @@ def run(args: argparse.Namespace) -> int:
             args.out, model=model, seeds=args.seed, hooks=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_pre"]
         )
         print(f"\nreport: {report}\nmanifest: {manifest}")
-    print(f"done in {time.perf_counter() - t0:.1f}s")
+    print(f"done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)  # timing: not part of the reproducible output
     return 0

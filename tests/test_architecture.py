@@ -40,9 +40,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("lens.model",),
     ("lens.tools",),
     # applications, and the old import paths kept as aliases (lens.patching -> lens.tools.patching, ...)
-    ("lens", "lens.zoo", "lens.store", "lens.demo", "lens.repro", "lens.hook_reference", "lens.__main__", "lens.adapters",
-     "lens.cache", "lens.patching", "lens.attribution", "lens.logit_lens", "lens.head_detectors", "lens.plot",
-     "lens.hook_points", "lens.head_detector"),
+    ("lens", "lens.zoo", "lens.store", "lens.demo", "lens.repro", "lens.hook_reference", "lens.__main__",
+     "lens.adapters", "lens.cache", "lens.patching", "lens.attribution", "lens.logit_lens", "lens.head_detectors",
+     "lens.plot", "lens.hook_points", "lens.head_detector"),
 ]  # fmt: skip
 
 

@@ -25,3 +25,17 @@ def test_demo_help_describes_options(capsys):
         main(["demo", "--help"])
     text = capsys.readouterr().out
     assert "--model" in text and "--out" in text and "local checkpoint" in text
+
+
+def test_a_seeded_demo_writes_the_same_bytes_twice(tmp_path, capsys):
+    """Two runs with the same seed write byte-identical files (no random plotly div ids, no timings in
+    files) and print the same report (the timing goes to stderr)."""
+    outputs = []
+    for run in ("a", "b"):
+        assert main(["demo", "--out", str(tmp_path / run), "--max-new-tokens", "8"]) == 0
+        outputs.append(capsys.readouterr().out.replace(str(tmp_path / run), "OUT"))
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert outputs[0] == outputs[1]

@@ -202,3 +202,19 @@ def test_figures_to_html_includes_plotlyjs_once(tmp_path):
     assert "Report &lt;1&gt;" in text
     with pytest.raises(ValueError):
         plot.figures_to_html([], tmp_path / "empty.html")
+
+
+def test_html_exports_are_deterministic(tmp_path):
+    """The same figure written twice gives the same bytes; different figures get different div ids."""
+    import torch
+
+    from lens import plot
+
+    a, b = plot.imshow(torch.arange(6.0).reshape(2, 3)), plot.imshow(torch.ones(2, 3))
+    first = plot.save_html(a, tmp_path / "1.html").read_bytes()
+    assert plot.save_html(a, tmp_path / "2.html").read_bytes() == first
+    assert plot.figure_id(a) != plot.figure_id(b) and plot.figure_id(a).encode() in first
+    report = plot.figures_to_html([a, a, b], tmp_path / "r.html").read_bytes()
+    assert plot.figures_to_html([a, a, b], tmp_path / "s.html").read_bytes() == report
+    ids = {plot.figure_id(a, "0"), plot.figure_id(a, "1"), plot.figure_id(b, "2")}
+    assert len(ids) == 3 and all(i.encode() in report for i in ids)  # a figure shown twice: two distinct divs

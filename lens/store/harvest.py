@@ -128,8 +128,8 @@ def identity(model, hooks, shapes, dtype, source: TokenSource, positions, kept, 
     }
 
 
-def _open_folder(out: Path, ident: dict, rank: int) -> None:
-    """Create ``out`` (or check the store in it matches ``ident``) and write the starting manifest (rank 0)."""
+def _check_writable(out: Path, rank: int) -> None:
+    """Create ``out`` and check a file can be written in it (before any model compute)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{rank}-{os.getpid()}"
@@ -137,6 +137,10 @@ def _open_folder(out: Path, ident: dict, rank: int) -> None:
         probe.unlink()
     except OSError as e:
         raise OSError(e.errno, f"the store folder {out} cannot be written: {e.strerror or e}") from e
+
+
+def _open_folder(out: Path, ident: dict, rank: int) -> None:
+    """Check the store in ``out`` (if any) matches ``ident``, or write the starting manifest (rank 0)."""
     path = out / fmt.MANIFEST
     if path.exists():
         try:
@@ -264,6 +268,8 @@ def harvest(
     src = TokenSource.from_any(source, getattr(model, "tokenizer", None), context_size, bos, shuffle_seed)
     kept = _positions(positions, context_size, exclude_bos and bos)
     rank, world = _dist()
+    out = Path(out_dir)
+    _check_writable(out, rank)
     stop = _stop_layer(model, hooks)
     shapes = _shapes(model, hooks, context_size)
     row_bytes = sum(int(np.prod(s)) for s in shapes.values()) * torch.empty((), dtype=dtype).element_size()
@@ -271,7 +277,6 @@ def harvest(
         per = max(1, SHARD_TARGET_BYTES // max(1, row_bytes * len(kept)))
         shard_contexts = max(batch_size, per // batch_size * batch_size)
     ident = identity(model, hooks, shapes, dtype, src, positions, kept, batch_size, shard_contexts)
-    out = Path(out_dir)
     _open_folder(out, ident, rank)
     _barrier()
 
@@ -314,9 +319,10 @@ def harvest(
 
 
 def _done(out: Path, k: int, first: int, n: int) -> bool:
-    """Shard ``k`` is complete with exactly these contexts (a tail shard of a shorter earlier run is redone)."""
+    """Shard ``k`` is complete with exactly these contexts (a tail shard of a shorter earlier run is redone) and
+    its file is intact (size and SHA-256: a truncated or corrupted shard is rewritten)."""
     record = fmt.read_record(out, k)
-    return record is not None and record["contexts"] == [first, first + n]
+    return record is not None and record["contexts"] == [first, first + n] and fmt.check_shard(out, record) is None
 
 
 def _shard_contexts(src: TokenSource, per: int, limit: int | None):

@@ -10,7 +10,8 @@ A store is a folder::
 
 A shard file is written under a temporary name, flushed with ``fsync`` and renamed into place, and only then
 is its completion record written (the same way). A shard counts as done when its record exists and names the
-file's size; a killed run leaves at most a temporary file, which the next run deletes and rewrites.
+file's size (a resuming harvest also checks its SHA-256 and rewrites a shard that fails); a killed run leaves at
+most a temporary file, which the next run deletes and rewrites.
 
 >>> write_atomic(Path("store/x.json"), b"{}")   # doctest: +SKIP
 """

@@ -17,6 +17,7 @@ Example::
     plot.save_html(fig, "out/attn_L0.html")  # standalone: opens without network
 """
 
+import hashlib
 import html
 import pathlib
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "attention_patterns",
+    "figure_id",
     "figures_to_html",
     "imshow",
     "line",
@@ -356,23 +358,32 @@ def logit_attribution_line(
 # ----------------------------------------------------------------------------- export
 
 
+def figure_id(fig: go.Figure, salt: str = "") -> str:
+    """A div id derived from the figure's content (plotly picks a random one), so that the same figure is
+    written as the same bytes every time: a seeded run's HTML files are byte-identical."""
+    digest = hashlib.sha256((salt + "|" + fig.to_json()).encode()).hexdigest()
+    return f"lens-fig-{digest[:16]}"
+
+
 def save_html(fig: go.Figure, path: str | pathlib.Path) -> pathlib.Path:
     """Write ``fig`` as a standalone HTML page with plotly.js embedded (opens offline).
 
-    Parent directories are created. Returns the written path.
+    Parent directories are created. Returns the written path. The page's bytes depend only on the figure
+    (a content-derived div id, see :func:`figure_id`).
 
     >>> save_html(imshow(torch.randn(2, 2)), "out/fig.html")
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True, div_id=figure_id(fig))
     return path
 
 
 def figures_to_html(figs: Sequence[go.Figure], path: str | pathlib.Path, title: str | None = None) -> pathlib.Path:
     """Write several figures into one standalone report page, embedding plotly.js exactly once.
 
-    Each figure becomes a ``<div>`` in order; ``title`` becomes the page title and heading.
+    Each figure becomes a ``<div>`` in order; ``title`` becomes the page title and heading. The same figures
+    give the same bytes (content-derived div ids, see :func:`figure_id`).
 
     >>> figures_to_html([fig_attn, fig_patch], "out/report.html", title="IOI circuit")
     """
@@ -390,7 +401,7 @@ def figures_to_html(figs: Sequence[go.Figure], path: str | pathlib.Path, title: 
     if title is not None:
         parts.append(f"<h1>{head}</h1>")
     for i, fig in enumerate(figs):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0))
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=figure_id(fig, str(i))))
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
