@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--shuffle-seed", type=int)
     h.add_argument("--shard-contexts", type=int)
     h.add_argument("--keep-bos", action="store_true", help="store position 0 (BOS) too")
+    h.add_argument("--no-bos", action="store_true", help="do not start contexts with BOS (default: the model's)")
     h.add_argument("--device", help="e.g. cuda:0 (default: the model's; under torchrun with CUDA, cuda:LOCAL_RANK)")
     i = sub.add_parser("info", help="summarise a store")
     i.add_argument("folder")
@@ -83,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source[0] if len(args.source) == 1 else args.source
     if len(args.source) == 1 and not Path(source).exists():
         raise SystemExit(f"--source {source}: no such file or directory")
-    out = lens.store.harvest(
-        model, source, hooks=args.hooks, context_size=args.context_size, batch_size=args.batch_size,
-        out_dir=args.out, dtype=args.dtype, max_tokens=args.max_tokens, exclude_bos=not args.keep_bos,
-        shuffle_seed=args.shuffle_seed, shard_contexts=args.shard_contexts,
-    )  # fmt: skip
+    try:
+        out = lens.store.harvest(
+            model, source, hooks=args.hooks, context_size=args.context_size, batch_size=args.batch_size,
+            out_dir=args.out, dtype=args.dtype, max_tokens=args.max_tokens, exclude_bos=not args.keep_bos,
+            prepend_bos=False if args.no_bos else None, shuffle_seed=args.shuffle_seed,
+            shard_contexts=args.shard_contexts,
+        )  # fmt: skip
+    except (ValueError, TypeError, OSError) as e:  # bad arguments, a different store in --out, disk errors
+        print(f"python -m lens.store harvest: error: {e}", file=sys.stderr)
+        return 2
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         summary = lens.store.info(out)
         print(f"{out}: {summary['rows']} rows in {summary['shards']} shard(s), {summary['bytes'] / 1e6:.1f} MB")

@@ -36,6 +36,7 @@ from lens.store.sources import TokenSource
 SHARD_TARGET_BYTES = 64 << 20
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _QUERY_AXIS = ("hook_pattern", "hook_attn_scores")  # [batch, head, query_pos, key_pos]: a row per query
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _dist() -> tuple[int, int]:
@@ -56,10 +57,15 @@ def config_sha256(cfg: Any) -> str:
 
 
 def _positions(positions: Any, context_size: int, drop_first: bool) -> list[int]:
-    if positions == "all":
+    if isinstance(positions, str) and positions == "all":
         kept = list(range(context_size))
     elif isinstance(positions, slice):
-        kept = list(range(context_size))[positions]
+        try:
+            kept = list(range(context_size))[positions]
+        except (TypeError, ValueError) as e:  # a zero step, non-int bounds
+            raise ValueError(
+                f"positions={positions!r} is not a valid slice of the {context_size} positions: {e}"
+            ) from e
     else:
         raise ValueError(f'positions={positions!r} must be "all" or a slice of the {context_size} positions')
     kept = [p for p in kept if not (drop_first and p == 0)]
@@ -100,7 +106,9 @@ def _shapes(model: Any, hooks: list[str], context_size: int) -> dict[str, list[i
     def grab(act, hook):
         axis = 2 if hook.name.endswith(_QUERY_AXIS) else 1
         shape = [s for i, s in enumerate(act.shape) if i not in (0, axis)]
-        found[hook.name] = [context_size if s == 2 and hook.name.endswith(_QUERY_AXIS) else s for s in shape]
+        if hook.name.endswith(_QUERY_AXIS):  # [head, key_pos]: the key axis is the context (the probe's is 2)
+            shape[-1] = context_size
+        found[hook.name] = shape
 
     probe = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
     with torch.no_grad(), model.hooks(fwd_hooks=[(h, grab) for h in hooks]):
@@ -173,7 +181,11 @@ def _write_manifest(out: Path, ident: dict, records: list[dict] | None, model: A
         data["store"]["rows"] = sum(r["rows"] for r in records)
         data["store"]["contexts"] = records[-1]["contexts"][1] if records else 0
         data["store"]["shards"] = records
-    fmt.write_atomic(out / fmt.MANIFEST, (json.dumps(data, indent=1, sort_keys=True, default=str) + "\n").encode())
+    text = (json.dumps(data, indent=1, sort_keys=True, default=str) + "\n").encode()
+    path = out / fmt.MANIFEST
+    if path.exists() and path.read_bytes() == text:  # a re-run of a complete harvest changes nothing
+        return
+    fmt.write_atomic(path, text)
 
 
 class _Writer(threading.Thread):
@@ -238,7 +250,8 @@ def harvest(
         hooks: hook names (``model.hook_dict``); the forward stops after the last block they need.
         context_size, batch_size: tokens per context (BOS included), contexts per forward.
         dtype: storage dtype (default: the model's); activations are rounded to it once.
-        max_tokens: stop after this many source tokens (whole contexts); default: the whole source.
+        max_tokens: stop after ``max_tokens // context_size`` whole contexts (BOS slots count as tokens); default:
+            the whole source.
         positions: ``"all"`` or a slice of context positions to keep; ``exclude_bos`` drops position 0 when
             contexts start with BOS.
         prepend_bos: BOS at each context's start (default: the model's ``cfg.default_prepend_bos``).
@@ -259,11 +272,15 @@ def harvest(
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if isinstance(context_size, int) and n_ctx is not None and context_size > n_ctx:
         raise ValueError(f"context_size={context_size} exceeds the model's context of {n_ctx} positions")
+    asked = dtype
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), None)
-    dtype = dtype or next(model.parameters()).dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype={dtype!r} must be a floating-point torch dtype (float32, bfloat16, float16)")
+    elif dtype is None:
+        dtype = next(model.parameters()).dtype
+    if dtype not in _DTYPES:  # the reader maps these (safetensors F16, BF16, F32, F64)
+        raise ValueError(f"dtype={asked!r} must be a floating-point torch dtype (float32, bfloat16, float16, float64)")
+    if max_tokens is not None and isinstance(context_size, int) and max_tokens < context_size:
+        raise ValueError(f"max_tokens={max_tokens} is less than one context of context_size={context_size} tokens")
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     src = TokenSource.from_any(source, getattr(model, "tokenizer", None), context_size, bos, shuffle_seed)
     kept = _positions(positions, context_size, exclude_bos and bos)
@@ -288,16 +305,16 @@ def harvest(
     n_contexts = 0
     try:
         with torch.no_grad():
-            for k, first, contexts in _shard_contexts(src, shard_contexts, limit):
+            for k, first, contexts, numbers in _shard_contexts(src, shard_contexts, limit):
                 n_contexts = first + len(contexts)
                 if k % world != rank or _done(out, k, first, len(contexts)):
                     if bar is not None:
-                        bar.update(len(contexts) * context_size * world)
+                        bar.update(len(contexts) * context_size)
                     continue
-                tensors = _compute_shard(model, hooks, shapes, dtype, contexts, first, pos_index, batch_size, stop)
+                tensors = _compute_shard(model, hooks, shapes, dtype, contexts, numbers, pos_index, batch_size, stop)
                 writer.submit((k, tensors, (first, first + len(contexts))))
                 if bar is not None:
-                    bar.update(len(contexts) * context_size * world)
+                    bar.update(len(contexts) * context_size)
         writer.finish()
     finally:
         if writer.is_alive():
@@ -326,21 +343,24 @@ def _done(out: Path, k: int, first: int, n: int) -> bool:
 
 
 def _shard_contexts(src: TokenSource, per: int, limit: int | None):
-    """``(shard number, first context, [contexts])`` in source order."""
+    """``(shard number, first context, [contexts], [their source context numbers])`` in the harvest order (the
+    source order, or its permutation with ``shuffle_seed``: then the numbers record the permutation)."""
     batch: list[np.ndarray] = []
+    numbers: list[int] = []
     first = 0
-    for i, ctx in src.contexts(0, limit):
+    for i, (number, ctx) in enumerate(src.contexts(0, limit)):
         if not batch:
             first = i
         batch.append(ctx)
+        numbers.append(number)
         if len(batch) == per:
-            yield first // per, first, batch
-            batch = []
+            yield first // per, first, batch, numbers
+            batch, numbers = [], []
     if batch:
-        yield first // per, first, batch
+        yield first // per, first, batch, numbers
 
 
-def _compute_shard(model, hooks, shapes, dtype, contexts, first, pos_index, batch_size, stop) -> dict:
+def _compute_shard(model, hooks, shapes, dtype, contexts, numbers, pos_index, batch_size, stop) -> dict:
     """One shard's tensors: every kept row of every context, each hook's activations in ``dtype``."""
     kept = len(pos_index)
     rows = len(contexts) * kept
@@ -363,7 +383,7 @@ def _compute_shard(model, hooks, shapes, dtype, contexts, first, pos_index, batc
             model(tokens, return_type=None, stop_at_layer=stop)
             cursor[0] += tokens.shape[0] * kept
     out[fmt.TOKENS] = ids[:, pos_index].reshape(-1).to(torch.int64)
-    context = torch.arange(first, first + len(contexts)).repeat_interleave(kept)
+    context = torch.tensor(numbers, dtype=torch.int64).repeat_interleave(kept)
     out[fmt.INDEX] = torch.stack([context, pos_index.repeat(len(contexts))], dim=1).to(torch.int64)
     return out
 

@@ -60,7 +60,14 @@ class Column:
                     break
                 parts.append(self.store._tensor(k, self.name)[max(start, lo) - lo : min(stop, hi) - lo])
             return torch.cat(parts) if parts else torch.empty((0, *self.shape[1:]), dtype=self.dtype)
-        rows = torch.as_tensor(key)
+        try:
+            rows = torch.as_tensor(key)
+        except (TypeError, ValueError, RuntimeError) as e:  # a tuple of slices, strings
+            raise TypeError(
+                f"index a store column with an int, a slice or a 1-d list of row numbers, not {key!r}"
+            ) from e
+        if rows.ndim == 1 and rows.numel() == 0:  # [] is a float tensor: no rows, not a bad index
+            rows = rows.long()
         if rows.dtype == torch.bool or rows.is_floating_point() or rows.ndim != 1:
             raise TypeError(f"index a store column with an int, a slice or a 1-d list of row numbers, not {key!r}")
         rows = torch.where(rows < 0, rows + n, rows)
@@ -224,7 +231,9 @@ class StoreStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         names = [*self.hooks, fmt.TOKENS, fmt.INDEX]
         shards = self._my_shards()
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + self.rank)
+        worker = torch.utils.data.get_worker_info()
+        part = self.rank * 1009 + (0 if worker is None else 1 + worker.id)  # each rank and worker its own order
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + part)
         carry: dict[str, torch.Tensor] | None = None
         step = self.buffer if self.shuffle else 1
         for g in range(0, len(shards), step):

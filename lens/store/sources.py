@@ -105,6 +105,10 @@ class TokenSource:
         BOS token when ``prepend_bos``, a path that does not exist, a token file with floats, an empty source."""
         if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 2:
             raise ValueError(f"context_size={context_size!r} must be an int >= 2")
+        if shuffle_seed is not None and (
+            isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int) or shuffle_seed < 0
+        ):
+            raise ValueError(f"shuffle_seed={shuffle_seed!r} must be None or an int >= 0")
         bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
         if prepend_bos and bos is None:
@@ -119,19 +123,21 @@ class TokenSource:
                        _tokens=ids, **common)  # fmt: skip
         if isinstance(source, list) and source and all(isinstance(s, (str, os.PathLike)) for s in source):
             paths = [Path(s) for s in source]
-            if all(p.suffix in TOKEN_SUFFIXES and p.is_file() for p in paths):
+            if all(p.suffix in TOKEN_SUFFIXES and _is_file(p) for p in paths):
                 ids = np.concatenate([np.asarray(_load_token_file(p)).reshape(-1) for p in paths])
                 desc = {"kind": "token-files", "files": [_describe_file(p) for p in paths]}
                 return cls("token-files", desc, _tokens=ids, **common)
-            if all(p.exists() for p in paths):
+            if all(_exists(p) for p in paths):
                 files = _text_files(paths)
                 desc = {"kind": "text-files", "files": [_describe_file(p) for p in files]}
                 _need_tokenizer(tokenizer, "text files")
                 read = lambda: (p.read_text(encoding="utf-8", errors="replace") for p in files)  # noqa: E731
                 return cls("text-files", desc, _documents=read, _tokenizer=tokenizer, **common)
-            if any(isinstance(s, os.PathLike) or os.sep in str(s) for s in source):
-                missing = [str(p) for p in paths if not p.exists()]
-                raise FileNotFoundError(f"token source paths do not exist: {missing[:5]}")
+            if all(_looks_like_path(s) for s in source):
+                missing = [str(p) for p in paths if not _exists(p)]
+                raise FileNotFoundError(
+                    f"token source paths do not exist: {missing[:5]} (to read strings as text, pass a tuple)"
+                )
         if _is_dataset(source):
             _need_tokenizer(tokenizer, "a datasets.Dataset")
             if "text" not in source.column_names:
@@ -201,7 +207,9 @@ class TokenSource:
         return body
 
     def contexts(self, start: int = 0, limit: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(context number, ids[context_size])`` from context ``start`` on, at most ``limit`` of them."""
+        """``(context number, ids[context_size])`` from context ``start`` of the order on, at most ``limit`` of
+        them. The number is the context's place in the unshuffled packing: with ``shuffle_seed`` the ``i``-th
+        context yielded is context ``permutation[i]`` of the packing, and says so."""
         stop = None if limit is None else start + limit
         if self.shuffle_seed is None:
             for i, ctx in enumerate(self._packed()):
@@ -213,7 +221,7 @@ class TokenSource:
         every = self._all_contexts(stop)
         order = np.random.default_rng(self.shuffle_seed).permutation(len(every))
         for i in range(start, len(every) if stop is None else min(stop, len(every))):
-            yield i, every[order[i]]
+            yield int(order[i]), every[order[i]]
 
     def _all_contexts(self, stop: int | None) -> np.ndarray:
         """Every context of the source: a shuffle permutes all of them (shuffling a prefix would change the
@@ -225,6 +233,30 @@ class TokenSource:
 def _need_tokenizer(tokenizer: Any, what: str) -> None:
     if tokenizer is None:
         raise ValueError(f"a token source of {what} needs a tokenizer; the model has none (model.set_tokenizer)")
+
+
+def _exists(p: Path) -> bool:
+    """``p.exists()``, False for a string that cannot be a path (too long a name, a NUL byte): a document."""
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _looks_like_path(s: str | os.PathLike) -> bool:
+    """A path given by mistake rather than a document: a PathLike, or one line naming a folder or a known suffix."""
+    if isinstance(s, os.PathLike):
+        return True
+    if "\n" in s or "\0" in s or len(s) > 4096:
+        return False
+    return os.sep in s or Path(s).suffix in TEXT_SUFFIXES + TOKEN_SUFFIXES
 
 
 def _is_dataset(source: Any) -> bool:
