@@ -31,6 +31,7 @@ Long-context models load with ``n_ctx = min(n_ctx_trained, DEFAULT_MAX_CONTEXT)`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,13 +43,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lens import hub, placement
+from lens import hub, placement, provenance
 from lens.config import DEFAULT_MAX_CONTEXT, TransformerConfig, resolve_dtype
 from lens.families import find_adapter
 from lens.families.base import Adapter, WeightSpec
 from lens.processing import ProcessingFlags, process_weights
 from lens.tl_methods import fill_missing_keys  # TransformerLens's loading function of that name
-from lens.tokenizer import Tokenizer
+from lens.tokenizer import Tokenizer, choose_prepend_bos, tokenizer_files
 
 __all__ = [
     "CheckpointReader",
@@ -82,6 +83,7 @@ def from_pretrained(
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
     n_devices: int | None = None,
+    default_prepend_bos: bool | None = None,
     **processing: bool,
 ):
     """A ``model_class`` (:class:`lens.HookedTransformer`) with the weights of a local checkpoint or
@@ -118,6 +120,13 @@ def from_pretrained(
             precondition the architecture breaks (``center_writing_weights`` without LayerNorm)
             raises ``ValueError`` before anything loads; ``fold_value_biases`` without value biases
             is a no-op.
+        default_prepend_bos: whether ``to_tokens`` & co. prepend BOS by default (``cfg.default_prepend_bos``).
+            None (the default) follows the tokenizer (:attr:`lens.tokenizer.Tokenizer.add_bos_token`: its
+            ``add_bos_token`` setting or its post-processor), else the family's convention; a bool overrides both.
+
+    The model's ``provenance`` (:mod:`lens.provenance`) records the source (directory and the files read, hub
+    name with the resolved commit, or the model object's ``name_or_path``), the processing flags,
+    ``context_size_override``, how ``default_prepend_bos`` was chosen, and the SHA-256 of the weights as loaded.
 
     Raises:
         FileNotFoundError: no such directory, a hub name neither cached nor downloadable (the message names the
@@ -129,31 +138,57 @@ def from_pretrained(
     """
     _check_override(context_size_override)
     flags = ProcessingFlags.resolve(flags, processing, "from_pretrained")
+    if default_prepend_bos is not None and not isinstance(default_prepend_bos, bool):
+        raise TypeError(
+            f"default_prepend_bos must be a bool or None, got {type(default_prepend_bos).__name__} "
+            f"({default_prepend_bos!r})"
+        )
     hub.check_arguments(revision, cache_dir, local_files_only)
     request, device = placement.check_request(device, device_map, max_memory, offload_folder, n_devices)
     if dtype is not None and not _is_auto(dtype):
         dtype = resolve_dtype(dtype)
+    requested_dtype = _dtype_name(dtype)
     if isinstance(source, str) and not Path(source).exists() and hub.is_hub_name(source):
         snapshot = hub.resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        model = _from_directory(
+        model, files = _from_directory(
             snapshot, dtype, device, context_size_override, flags, model_class, request,
             model_name=hub.hub_name(source),
+        )  # fmt: skip
+        origin = dict(
+            kind="hub", repo_id=hub.hub_name(source), requested=source, revision=revision, commit=snapshot.name,
+            path=str(snapshot.absolute()), files=provenance.files_read(snapshot, files),
         )  # fmt: skip
     elif revision is not None:
         raise ValueError(f"revision={revision!r} selects a hub snapshot, but the source is not a hub name")
     elif isinstance(source, (str, os.PathLike)):
-        model = _from_directory(
+        model, files = _from_directory(
             Path(source), dtype, device, context_size_override, flags, model_class, request, given=os.fspath(source)
         )
+        directory = Path(source).absolute()
+        origin = dict(kind="directory", path=str(directory), files=provenance.files_read(directory, files))
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
-        model = _from_model_object(source, dtype, device, context_size_override, flags, model_class, request)
+        model, tokenizer_dir = _from_model_object(
+            source, dtype, device, context_size_override, flags, model_class, request
+        )
+        origin = _object_origin(source, tokenizer_dir)
     else:
         raise TypeError(
             f"source must be a local directory path or a transformers model object, got {type(source).__name__}"
         )
+    if "tokenizer" not in origin:  # a directory or hub snapshot: its own tokenizer.json, if it has one
+        origin["tokenizer"] = origin["path"] if model.tokenizer is not None else None
+    family_bos = model.cfg.default_prepend_bos
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
-    return process_weights(model, flags)
+        origin["tokenizer"] = "argument"
+    process_weights(model, flags)
+    bos = choose_prepend_bos(model.tokenizer, family_bos, default_prepend_bos)
+    model.cfg.default_prepend_bos = bos["value"]
+    provenance.record(
+        model, origin.pop("kind"), **origin, processing=dataclasses.asdict(flags),
+        context_size_override=context_size_override, dtype=requested_dtype, prepend_bos=bos,
+    )  # fmt: skip
+    return model
 
 
 def from_hf_model(
@@ -170,14 +205,40 @@ def from_hf_model(
     The config is the adapter's reading of ``hf_model.config`` plus ``config_overrides`` (any
     :class:`~lens.config.TransformerConfig` field, e.g. ``n_ctx=8192``); unlike :func:`from_pretrained`
     no context override check, tokenizer lookup or weight processing. ``dtype`` defaults to the model's.
+    ``cfg.default_prepend_bos`` follows ``tokenizer`` when given and it says, else the family's convention;
+    ``default_prepend_bos=`` among the overrides wins. ``model.provenance`` records the object (as
+    :func:`from_pretrained` does).
 
     >>> model = from_hf_model(hf_model, model_class=HookedTransformer, n_ctx=8192)  # doctest: +SKIP
     """
     if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
         raise TypeError(f"expected a transformers PreTrainedModel, got {type(hf_model).__name__}")
     adapter, hf = _object_adapter(hf_model)
+    override = config_overrides.pop("default_prepend_bos", None)
     cfg = adapter.make_config(hf, dtype=_object_dtype(hf_model, dtype), device=device, **config_overrides)
-    return _load_object(hf_model, adapter, cfg, model_class, None, tokenizer)
+    family_bos = cfg.default_prepend_bos
+    model = _load_object(hf_model, adapter, cfg, model_class, None, tokenizer)
+    bos = choose_prepend_bos(model.tokenizer, family_bos, override)
+    model.cfg.default_prepend_bos = bos["value"]
+    origin = _object_origin(hf_model, None)
+    if tokenizer is not None:
+        origin["tokenizer"] = "argument"
+    provenance.record(
+        model, origin.pop("kind"), **origin, processing=dataclasses.asdict(ProcessingFlags()),
+        context_size_override=None, config_overrides={k: _plain(v) for k, v in config_overrides.items()},
+        dtype=_dtype_name(dtype), prepend_bos=bos,
+    )  # fmt: skip
+    return model
+
+
+def _dtype_name(dtype: str | torch.dtype | None) -> str:
+    """The dtype as requested, for the provenance record: ``"auto"`` or e.g. ``"bfloat16"``."""
+    return "auto" if dtype is None or _is_auto(dtype) else str(resolve_dtype(dtype)).removeprefix("torch.")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` when JSON writes it as itself, else its ``str``."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 # -- context ------------------------------------------------------------------------------------------
@@ -278,6 +339,7 @@ class CheckpointReader:
 
     names: list[str]
     dtype: torch.dtype | None = None
+    files: tuple[Path, ...] = ()  # the files it reads (shard index included); empty for in-memory state dicts
     # True when ``shape(name)`` and ``rows(name, start, stop)`` read a tensor's header and a few of its rows
     # without mapping the rest (the loader then fills large parameters a chunk at a time)
     reads_rows: bool = False
@@ -430,15 +492,25 @@ def open_checkpoint(directory: str | os.PathLike, dtype: torch.dtype | None = No
     torch.Size([50257, 768])
     """
     directory = Path(directory)
+    reader: CheckpointReader
     if (directory / SAFETENSORS).is_file():
-        return _SafetensorsReader([directory / SAFETENSORS], dtype)
+        reader = _SafetensorsReader([directory / SAFETENSORS], dtype)
+        reader.files = (directory / SAFETENSORS,)
+        return reader
     if (directory / SAFETENSORS_INDEX).is_file():
-        return _SafetensorsReader(sorted(set(_index(directory, SAFETENSORS_INDEX).values())), dtype)
+        shards = sorted(set(_index(directory, SAFETENSORS_INDEX).values()))
+        reader = _SafetensorsReader(shards, dtype)
+        reader.files = (directory / SAFETENSORS_INDEX, *shards)
+        return reader
     if (directory / TORCH_BIN).is_file():
-        return _TorchBinReader([directory / TORCH_BIN], dtype=dtype)
+        reader = _TorchBinReader([directory / TORCH_BIN], dtype=dtype)
+        reader.files = (directory / TORCH_BIN,)
+        return reader
     if (directory / TORCH_BIN_INDEX).is_file():
         where = _index(directory, TORCH_BIN_INDEX)
-        return _TorchBinReader(sorted(set(where.values())), where, dtype)
+        reader = _TorchBinReader(sorted(set(where.values())), where, dtype)
+        reader.files = (directory / TORCH_BIN_INDEX, *sorted(set(where.values())))
+        return reader
     raise FileNotFoundError(
         f"no weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}"
     )
@@ -628,17 +700,21 @@ def _from_directory(
     cfg = _make_config(adapter, hf, override, dtype=dtype, device=device, model_name=name)
     flags.check(cfg)
     tokenizer = None
+    files = [directory / "config.json"]
     if (directory / "tokenizer.json").is_file():
         try:
             tokenizer = Tokenizer.from_directory(directory)
         except Exception as e:
             raise ValueError(f"could not load {directory / 'tokenizer.json'}: {e}") from e
+        files += tokenizer_files(directory)
     reader = open_checkpoint(directory, cfg.dtype) if request is None else None  # placed: after the plan
 
     def fill(model, put):
-        _fill(model, adapter, reader or open_checkpoint(directory, cfg.dtype), put)
+        opened = reader or open_checkpoint(directory, cfg.dtype)
+        files.extend(opened.files)
+        _fill(model, adapter, opened, put)
 
-    return _build(model_class, cfg, tokenizer, request, flags, fill)
+    return _build(model_class, cfg, tokenizer, request, flags, fill), files
 
 
 def _build(model_class, cfg: TransformerConfig, tokenizer, request, flags: ProcessingFlags, fill):
@@ -664,10 +740,30 @@ def _from_model_object(hf_model, dtype, device, override, flags: ProcessingFlags
     cfg = _make_config(adapter, hf, override, dtype=_object_dtype(hf_model, dtype), device=device)
     flags.check(cfg)
     model = _load_object(hf_model, adapter, cfg, model_class, request, flags=flags)
+    tokenizer_dir = None
     if model.tokenizer is None:
         revision = getattr(getattr(hf_model, "config", None), "_commit_hash", None)
-        _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None), revision)
-    return model
+        tokenizer_dir = _attach_local_tokenizer(model, getattr(hf_model, "name_or_path", None), revision)
+    return model, tokenizer_dir
+
+
+def _object_origin(hf_model, tokenizer_dir: Path | None) -> dict[str, Any]:
+    """The provenance fields of a ``transformers`` model object (see :mod:`lens.provenance`)."""
+    try:
+        import transformers
+
+        version = transformers.__version__
+    except ImportError:  # a duck-typed object without transformers installed
+        version = None
+    name = getattr(hf_model, "name_or_path", None) or getattr(getattr(hf_model, "config", None), "_name_or_path", None)
+    return dict(
+        kind="transformers_object",
+        name_or_path=str(name) if name else None,  # None: an object never saved or loaded (nothing to point at)
+        commit=getattr(getattr(hf_model, "config", None), "_commit_hash", None),
+        **{"class": type(hf_model).__name__},
+        transformers=version,
+        tokenizer=None if tokenizer_dir is None else str(Path(tokenizer_dir).absolute()),
+    )
 
 
 def _object_adapter(hf_model) -> tuple[Adapter, dict[str, Any]]:
@@ -738,12 +834,15 @@ def _tokenizer_directory(path: Any, revision: str | None = None) -> Path | None:
     return None
 
 
-def _attach_local_tokenizer(model, path: Any, revision: str | None = None) -> None:
-    """Attach ``tokenizer.json`` from the directory (or cached hub snapshot) a model object was loaded from."""
+def _attach_local_tokenizer(model, path: Any, revision: str | None = None) -> Path | None:
+    """Attach ``tokenizer.json`` from the directory (or cached hub snapshot) a model object was loaded from;
+    returns that directory (None when none was attached)."""
     directory = _tokenizer_directory(path, revision)
     if directory is None:
-        return
+        return None
     try:
         model.set_tokenizer(Tokenizer.from_directory(directory))
     except Exception as e:  # the weights are fine; a broken tokenizer should not lose them
         warnings.warn(f"not attaching the tokenizer in {directory}: {e}", stacklevel=3)
+        return None
+    return directory

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lens import generation
+from lens import generation, provenance
 from lens.analysis.cache import ActivationCache
 from lens.components import AttentionContext, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
 from lens.components.hook_flags import HookFlagsMixin
@@ -87,6 +87,11 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         if init:
             self.init_weights(seed)
         self.sync_hooks()  # optional hook points (hook_tokens, set_use_* flags), then setup() names them all
+        # how the model was made (lens.provenance); loaders replace this record with the checkpoint's
+        provenance.record(
+            self, "config", init="random" if init else "none", seed=(0 if seed is None else seed) if init else None,
+            hashed=init,
+        )  # fmt: skip
 
     # -- weights ------------------------------------------------------------------------------------
     def tie_weights(self) -> None:
@@ -132,6 +137,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         max_memory: dict | None = None,
         offload_folder: str | os.PathLike | None = None,
         n_devices: int | None = None,
+        default_prepend_bos: bool | None = None,
     ) -> HookedTransformer:
         """Load a local Hugging Face-format directory, a hub name, or a ``transformers`` model object.
 
@@ -154,6 +160,9 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
         ``device_map`` / ``max_memory`` / ``offload_folder`` / ``n_devices`` place a model larger than one device
         (:mod:`lens.placement`, through accelerate): blocks whole on GPUs, offloaded to CPU RAM or to disk, the
         residual stream moving between them; ``model.placement`` says where everything went.
+        ``default_prepend_bos`` (TransformerLens's keyword): None follows the checkpoint's tokenizer (its
+        ``add_bos_token`` or its post-processor), else the family's convention (docs/families.md); a bool wins.
+        ``model.provenance`` records where the weights came from (:mod:`lens.provenance`; manifests copy it).
         Errors leave nothing half-loaded.
 
         >>> model = HookedTransformer.from_pretrained(Path("checkpoints/pythia-160m"), fold_ln=True)  # doctest: +SKIP
@@ -185,6 +194,7 @@ class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, Weight
             max_memory=max_memory,
             offload_folder=offload_folder,
             n_devices=n_devices,
+            default_prepend_bos=default_prepend_bos,
         )
 
     def process_weights(

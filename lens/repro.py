@@ -5,6 +5,20 @@ model's source and the SHA-256 of its weights, dtype, device, the seeds you used
 active, and the command line. It holds no timestamps or host names, so re-running a deterministic script
 rewrites it byte for byte.
 
+``manifest["model"]`` holds:
+
+* ``source``: where the weights came from, as recorded when the model was made (``model.provenance``, see
+  :mod:`lens.provenance`): ``kind`` (``directory``, ``hub``, ``transformers_object``, ``zoo``, ``config``);
+  the absolute ``path`` and the ``files`` read (names and sizes); for a hub name its ``repo_id``, the
+  ``revision`` asked for and the resolved ``commit``; for a model object its ``name_or_path``; the
+  ``processing`` flags, ``context_size_override`` and ``dtype`` asked for.
+* ``weights_sha256``: the SHA-256 of the weights now (recomputed for every manifest);
+  ``weights_sha256_at_load``: the weights' as made; ``edited_after_load``: True when the two differ (weights
+  edited, processed or cast after loading; a ``note`` says so), None when there is no load-time hash.
+* ``prepend_bos``: ``cfg.default_prepend_bos`` and its ``origin`` (``tokenizer``, ``family default``,
+  ``override``, ``config``, or ``set after load`` when it was changed afterwards) with the ``reason``.
+* ``dtype``, ``device``, ``name`` and the full ``config``.
+
 >>> import lens, lens.repro
 >>> model = lens.zoo.load("attn-only-2l")
 >>> lens.repro.write_manifest("results/", model=model, seeds={"torch": 0}, hooks=["blocks.1.attn.hook_pattern"])
@@ -13,7 +27,6 @@ PosixPath('results/manifest.json')
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sys
@@ -24,15 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lens.provenance import weights_sha256
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 over the model's parameters and persistent buffers (name, dtype, shape, bytes), sorted by name."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+__all__ = ["active_hooks", "manifest", "seed_everything", "weights_sha256", "write_manifest"]
+
+EDITED_NOTE = (
+    "the weights differ from those the model was made with (edited, processed or cast after loading): "
+    "weights_sha256 is the weights' now, weights_sha256_at_load the source's"
+)
 
 
 def active_hooks(model: Any) -> list[str]:
@@ -72,23 +84,45 @@ def manifest(
         "torch_threads": torch.get_num_threads(),
     }
     if model is not None:
-        param = next(model.parameters())
-        source = getattr(model, "weights_source", None) or {}
-        cfg = getattr(model, "cfg", None)
-        data["model"] = {
-            "name": source.get("name") or getattr(cfg, "model_name", type(model).__name__),
-            "source": source.get("path", "in-memory"),
-            "weights_sha256": source.get("sha256") or weights_sha256(model),
-            "dtype": str(param.dtype).removeprefix("torch."),
-            "device": str(param.device),
-            "config": cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else None,
-        }
+        data["model"] = _model_entry(model)
         data["hooks"] = sorted(set(hooks)) if hooks is not None else active_hooks(model)
     elif hooks is not None:
         data["hooks"] = sorted(set(hooks))
     if extra:
         data["extra"] = extra
     return data
+
+
+def _model_entry(model: Any) -> dict[str, Any]:
+    """The manifest's ``model``: the load-time record (``model.provenance``) and the weights as they are now."""
+    param = next(model.parameters())
+    cfg = getattr(model, "cfg", None)
+    record = getattr(model, "provenance", None)
+    record = record if isinstance(record, dict) else {"kind": "unknown"}
+    now, at_load = weights_sha256(model), record.get("weights_sha256")
+    entry: dict[str, Any] = {
+        "name": record.get("name") or getattr(cfg, "model_name", type(model).__name__),
+        "source": {k: v for k, v in record.items() if k not in ("weights_sha256", "prepend_bos")},
+        "weights_sha256": now,
+        "weights_sha256_at_load": at_load,
+        "edited_after_load": None if at_load is None else now != at_load,
+        "prepend_bos": _prepend_bos(cfg, record.get("prepend_bos")),
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "device": str(param.device),
+        "config": cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else None,
+    }
+    if entry["edited_after_load"]:
+        entry["note"] = EDITED_NOTE
+    return entry
+
+
+def _prepend_bos(cfg: Any, at_load: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``cfg.default_prepend_bos`` now and where it came from: the load-time choice while it still holds,
+    else ``origin="set after load"`` with the load-time choice beside it."""
+    value = getattr(cfg, "default_prepend_bos", None)
+    if at_load is not None and at_load.get("value") == value:
+        return dict(at_load)
+    return {"value": value, "origin": "set after load", "at_load": at_load}
 
 
 def write_manifest(path: str | Path, model: Any = None, **kwargs: Any) -> Path:

@@ -38,9 +38,10 @@ import tokenizers
 import torch
 from jaxtyping import Int
 
+from lens.provenance import bos_choice
 from lens.tokenizer_hf import BatchEncoding, HFTokenizerMixin
 
-__all__ = ["BatchEncoding", "Tokenizer", "TokenizerMixin"]
+__all__ = ["BatchEncoding", "Tokenizer", "TokenizerMixin", "choose_prepend_bos", "tokenizer_files"]
 
 _BYTE_SPECIALS = {256: "<|bos|>", 257: "<|eos|>", 258: "<|pad|>"}
 _NO_TOKENIZER = "this model has no tokenizer; pass token ids or attach one with model.set_tokenizer(...)"
@@ -76,10 +77,77 @@ def _as_id_list(ids: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
+def _post_processor_bos(backend: tokenizers.Tokenizer | None, bos: int | None) -> tuple[bool | None, str]:
+    """Whether ``backend``'s post-processor (what ``encode(add_special_tokens=True)`` adds) puts BOS before the
+    text: ``(True | False, why)``, or ``(None, why)`` when it says nothing about it (no post-processor, or one
+    that adds a token other than BOS first)."""
+    processor = None if backend is None else backend.post_processor
+    if processor is None:
+        return None, "tokenizer.json has no post-processor"
+    try:
+        data = json.loads(processor.__getstate__())
+    except Exception:  # a processor the tokenizers library cannot serialise: read nothing into it
+        return None, "tokenizer.json's post-processor could not be read"
+    steps = data.get("processors", []) if data.get("type") == "Sequence" else [data]
+    for step in steps:
+        kind = step.get("type")
+        if kind == "TemplateProcessing":
+            specials, lead = step.get("special_tokens") or {}, []
+            for piece in step.get("single") or []:
+                if "SpecialToken" not in piece:
+                    break
+                lead.extend((specials.get(piece["SpecialToken"].get("id")) or {}).get("ids") or [])
+        elif kind in ("BertProcessing", "RobertaProcessing"):
+            lead = [step["cls"][1]] if isinstance(step.get("cls"), list) and len(step["cls"]) == 2 else []
+        else:
+            continue
+        if not lead:
+            return False, f"tokenizer.json's post-processor ({kind}) adds nothing before the text"
+        if bos is not None and lead[0] == bos:
+            return True, f"tokenizer.json's post-processor ({kind}) adds the BOS token (id {bos}) before the text"
+        return None, f"tokenizer.json's post-processor ({kind}) adds id {lead[0]} first, which is not the BOS token"
+    kinds = "+".join(str(step.get("type")) for step in steps)
+    return False, f"tokenizer.json's post-processor ({kinds}) adds no special tokens"
+
+
+def tokenizer_files(directory: str | Path) -> list[Path]:
+    """The files :meth:`Tokenizer.from_directory` reads from ``directory`` (those that exist)."""
+    directory = Path(directory)
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json", "chat_template.jinja")
+    found = [directory / name for name in names if (directory / name).is_file()]
+    extra = directory / "additional_chat_templates"
+    return found + (sorted(extra.glob("*.jinja")) if extra.is_dir() else [])
+
+
+def choose_prepend_bos(tokenizer: Tokenizer | None, family_default: bool, override: bool | None = None) -> dict:
+    """How a loader sets ``cfg.default_prepend_bos``: ``{"value", "origin", "reason"}`` (see
+    :mod:`lens.provenance`). An ``override`` (``from_pretrained(default_prepend_bos=...)``) wins; then what the
+    tokenizer says (:attr:`Tokenizer.add_bos_token`: its ``add_bos_token`` setting or its post-processor); the
+    family's convention ``family_default`` only when the tokenizer says nothing or there is none.
+
+    >>> choose_prepend_bos(Tokenizer.byte_level(), family_default=True)["origin"]
+    'family default'
+    """
+    if override is not None:
+        if not isinstance(override, bool):
+            raise TypeError(f"default_prepend_bos must be a bool or None, got {type(override).__name__} ({override!r})")
+        return bos_choice(override, "override", f"default_prepend_bos={override} was passed when loading")
+    said = None if tokenizer is None else tokenizer.add_bos_token
+    if said is not None:
+        return bos_choice(said, "tokenizer", tokenizer.add_bos_token_reason)
+    why = "no tokenizer" if tokenizer is None else f"the tokenizer says nothing ({tokenizer.add_bos_token_reason})"
+    return bos_choice(family_default, "family default", f"{why}, so the family's convention")
+
+
 class Tokenizer(HFTokenizerMixin):
     """A uniform tokenizer: ``encode``/``decode``/``token_strings``/``encode_batch`` over either backend.
 
     Build one with :meth:`byte_level`, :meth:`from_file` or :meth:`from_directory` rather than directly.
+
+    ``add_bos_token`` says whether the tokenizer itself puts BOS before a text (``tokenizer_config.json``'s
+    ``add_bos_token``, else its ``tokenizer.json`` post-processor; for one made :meth:`from_hf`, what the
+    ``transformers`` tokenizer does), None when it says nothing; ``add_bos_token_reason`` says why. Loaders
+    set ``cfg.default_prepend_bos`` from it (:func:`choose_prepend_bos`). ``encode`` never reads it.
 
     Example::
 
@@ -110,6 +178,11 @@ class Tokenizer(HFTokenizerMixin):
         self._bos = bos_token_id
         self._eos = eos
         self._pad = pad_token_id
+        # whether this tokenizer itself adds BOS (None: it says nothing) and why; loaders set
+        # cfg.default_prepend_bos from it (choose_prepend_bos)
+        self.add_bos_token, self.add_bos_token_reason = _post_processor_bos(backend, bos_token_id)
+        if backend is None:
+            self.add_bos_token_reason = "the byte-level tokenizer has no BOS setting"
 
     @classmethod
     def byte_level(cls) -> Tokenizer:
@@ -155,7 +228,9 @@ class Tokenizer(HFTokenizerMixin):
         ``special_tokens_map.json`` (``bos_token``/``eos_token``/``pad_token`` as strings or
         ``{"content": ...}`` dicts; the map wins, as in ``transformers``) and ``config.json``
         (``bos_token_id``/``eos_token_id``/``pad_token_id``; used when the token files name nothing).
-        A list ``eos_token_id`` is kept whole in :attr:`eos_token_ids`.
+        A list ``eos_token_id`` is kept whole in :attr:`eos_token_ids`. :attr:`add_bos_token` is
+        ``tokenizer_config.json``'s ``add_bos_token`` when it is a bool, else what ``tokenizer.json``'s
+        post-processor adds (None when there is no post-processor).
 
         >>> tok = Tokenizer.from_directory("checkpoints/llama")  # doctest: +SKIP
         """
@@ -199,6 +274,9 @@ class Tokenizer(HFTokenizerMixin):
         bos, eos, pad = found["bos"], found["eos"], found["pad"]
         tok = cls(backend, bos_token_id=(bos or [None])[0], eos_token_ids=eos, pad_token_id=(pad or [None])[0])
         config = read_json("tokenizer_config.json")  # what transformers' AutoTokenizer would also read
+        if isinstance(config.get("add_bos_token"), bool):  # the setting wins over the post-processor
+            tok.add_bos_token = config["add_bos_token"]
+            tok.add_bos_token_reason = f"tokenizer_config.json has add_bos_token={str(config['add_bos_token']).lower()}"
         unk = config.get("unk_token")
         unk = unk.get("content") if isinstance(unk, dict) else unk
         tok._unk = backend.token_to_id(unk) if isinstance(unk, str) else None

@@ -58,6 +58,24 @@ def _check_side(name: str, value: Any) -> str:
     return value
 
 
+def _hf_adds_bos(hf_tokenizer: Any, bos: int | None, probe: str = "Hello") -> tuple[bool, str] | None:
+    """What a ``transformers`` tokenizer does on its own: ``(True, why)`` when ``encode(probe)`` starts with
+    ``bos`` and the encoding without special tokens does not, ``(False, why)`` when it adds nothing before the
+    text, None when it cannot be asked or adds some other token first (its backend's post-processor is read
+    instead)."""
+    try:
+        with_specials = list(hf_tokenizer.encode(probe, add_special_tokens=True))
+        without = list(hf_tokenizer.encode(probe, add_special_tokens=False))
+    except Exception:  # an object that is not quite a transformers tokenizer: read its post-processor
+        return None
+    name = type(hf_tokenizer).__name__
+    if bos is not None and with_specials[:1] == [bos] and without[:1] != [bos]:
+        return True, f"the transformers tokenizer ({name}) adds the BOS token (id {bos}) before the text"
+    if with_specials[: len(without)] == without:
+        return False, f"the transformers tokenizer ({name}) adds nothing before the text"
+    return None
+
+
 class HFTokenizerMixin:
     """``transformers``-style calls on :class:`~lens.tokenizer.Tokenizer` (see the module docs).
 
@@ -117,6 +135,9 @@ class HFTokenizerMixin:
         specials = getattr(hf_tokenizer, "special_tokens_map", None)
         if isinstance(specials, dict):
             tok._template_specials = {k: str(v) for k, v in specials.items() if isinstance(v, str)}
+        said = _hf_adds_bos(hf_tokenizer, tok.bos_token_id)
+        if said is not None:
+            tok.add_bos_token, tok.add_bos_token_reason = said
         return tok
 
     # -- attributes ---------------------------------------------------------------------------------

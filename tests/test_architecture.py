@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "lens.utilities",
         "lens.activation_pool",
         "lens.factored_matrix",
+        "lens.provenance",
     ),
     ("lens.hooks", "lens.hook_cache", "lens.hook_management"),
     (

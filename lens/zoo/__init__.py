@@ -98,7 +98,12 @@ def load(
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.weights_source = {"path": str(weights), "sha256": meta["sha256"], "name": meta["name"]}
+    from lens import provenance
+
+    provenance.record(
+        model, "zoo", name=meta["name"], path=str(Path(weights).absolute()), file_sha256=meta["sha256"],
+        dtype=None if dtype is None else str(dtype).removeprefix("torch."),
+    )  # fmt: skip
     return model.eval()
 
 
