@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lens.utils import release_freed_memory
+
 __all__ = ["AUTO_MAPS", "DISK", "Placement", "PlacementRequest", "check_request", "empty_model", "plan", "place"]
 
 DISK = "disk"
@@ -470,10 +472,11 @@ class _Store:
             self.ram[name] = value.to("cpu", copy=True).contiguous()
 
     def put_and_release(self, name: str, param: Tensor, value, to_disk: bool) -> None:
-        """:meth:`put`, then hand the freed transients back to the operating system (see ``_release_freed``)."""
+        """:meth:`put`, then hand the freed transients back to the operating system
+        (:func:`lens.utils.release_freed_memory`)."""
         self.put(name, param, value, to_disk)
         del value
-        _release_freed()
+        release_freed_memory()
 
     def loader(self) -> Mapping:
         from accelerate.utils import OffloadedWeightsLoader, save_offload_index
@@ -489,33 +492,6 @@ class _Store:
     def discard(self) -> None:
         for path in self.written:
             path.unlink(missing_ok=True)
-
-
-def _libc_trim() -> Callable[[], None] | None:
-    try:
-        import ctypes
-        import ctypes.util
-
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
-
-
-_TRIM = _libc_trim()
-
-
-def _release_freed() -> None:
-    """Return freed heap memory to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    Offloading a block reads each weight, writes it out and frees it. glibc raises its mmap threshold after
-    the first large free, so later weight-sized buffers come from the heap and stay resident once freed: over
-    a model the load peak would grow by a few tensors for nothing, and a forward through offloaded blocks by a
-    few blocks. Trimming after each offloaded weight (loading) and each offloaded block's forward keeps the
-    peaks at the resident weights plus one transient."""
-    if _TRIM is not None:
-        _TRIM()
 
 
 def _write_dat(path: Path, value: Tensor) -> dict:
@@ -603,8 +579,8 @@ def place(model: nn.Module, placement: Placement, fill: Callable[[Callable[[str,
                 place_submodules=True,
             )  # fmt: skip
             add_hook_to_module(model.blocks[i], hook)
-            # after the hook has dropped the block's weights again: give their memory back (see _release_freed)
-            model.blocks[i].register_forward_hook(lambda *_: _release_freed())
+            # after the hook has dropped the block's weights again: give their memory back
+            model.blocks[i].register_forward_hook(lambda *_: release_freed_memory())
     except BaseException:
         store.discard()
         raise

@@ -89,37 +89,56 @@ def _value(name: str, tensor: Tensor, offloaded: dict[str, Any]) -> Tensor:
 _PIECE = 16 << 20  # bytes hashed per task: a tensor's pieces are hashed by several threads at once
 
 
-def _pieces_sha256(data: memoryview, pool: ThreadPoolExecutor | None) -> bytes:
-    """The SHA-256 digests of ``data``'s 16 MiB pieces, concatenated (hashlib releases the GIL while hashing)."""
-    pieces = [data[i : i + _PIECE] for i in range(0, len(data), _PIECE)]
-    if pool is None or len(pieces) == 1:
-        return b"".join(hashlib.sha256(p).digest() for p in pieces)
-    return b"".join(pool.map(lambda p: hashlib.sha256(p).digest(), pieces))
+def _tensor_sha256(t: Tensor, pool: ThreadPoolExecutor | None, buffer: list[Tensor]) -> bytes:
+    """The SHA-256 digests of ``t``'s bytes (row-major) in pieces of whole rows of about 16 MiB, concatenated.
+
+    A contiguous CPU tensor is hashed in place, its pieces in parallel (hashlib releases the GIL). A GPU tensor
+    or a non-contiguous view is copied a piece at a time into one reused CPU buffer (``buffer``: a list holding
+    it, so that it is allocated once per hash), never whole."""
+    t = t.detach().reshape(1) if t.dim() == 0 else t.detach()
+    row_bytes = max(1, t[0].numel() * t.element_size())
+    step = max(1, _PIECE // row_bytes)
+    if t.device.type == "cpu" and t.is_contiguous():
+        data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        pieces = [data[i : i + step * row_bytes] for i in range(0, len(data), step * row_bytes)]
+        if pool is None or len(pieces) == 1:
+            return b"".join(hashlib.sha256(p).digest() for p in pieces)
+        return b"".join(pool.map(lambda p: hashlib.sha256(p).digest(), pieces))
+    if not buffer or buffer[0].numel() < step * row_bytes:
+        buffer[:] = [torch.empty(max(_PIECE, step * row_bytes), dtype=torch.uint8)]
+    out = []
+    for i in range(0, t.shape[0], step):
+        piece = t[i : i + step]
+        n = piece.numel() * piece.element_size()
+        buffer[0][:n].view(piece.dtype).view(piece.shape).copy_(piece)
+        out.append(hashlib.sha256(memoryview(buffer[0][:n].numpy())).digest())
+    return b"".join(out)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
     """SHA-256 over the model's parameters and persistent buffers, sorted by name: for each, its name, dtype and
-    shape, and the SHA-256 of each 16 MiB piece of its bytes (a hash tree one level deep, so that the pieces
-    are hashed in parallel; recording it at load costs about a third of reading the weights on 2 cores).
+    shape, and the SHA-256 of each piece of whole rows of about 16 MiB of its bytes (a hash tree one level deep,
+    so that the pieces are hashed in parallel threads).
 
-    One tensor at a time (at most one tensor's copy in memory: a GPU tensor is copied to the CPU, a
-    non-contiguous one made contiguous); the weights of blocks offloaded by :mod:`lens.placement` are read from
-    their offload store, so a placed model hashes as the same model in memory does.
+    A GPU tensor or a non-contiguous view is copied to the CPU a piece at a time into one buffer, never whole;
+    the weights of blocks offloaded by :mod:`lens.placement` are read from their offload store, so a placed
+    model hashes as the same model in memory does.
 
     >>> weights_sha256(torch.nn.Linear(2, 2))[:8]   # doctest: +SKIP
     '3f9a61c2'
     """
     digest = hashlib.sha256()
     offloaded: dict[str, Any] | None = None
+    buffer: list[Tensor] = []
     threads = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
         for name, tensor in sorted(model.state_dict().items()):
             if tensor.is_meta and offloaded is None:
                 offloaded = _offloaded(model)
-            t = _value(name, tensor, offloaded or {}).detach().cpu().contiguous()
+            t = _value(name, tensor, offloaded or {})
             digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
             if t.numel():
-                digest.update(_pieces_sha256(memoryview(t.reshape(-1).view(torch.uint8).numpy()), pool))
+                digest.update(_tensor_sha256(t, pool, buffer))
     return digest.hexdigest()
 
 

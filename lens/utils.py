@@ -19,7 +19,7 @@ Everything public here is re-exported from one concern-per-module home in :mod:`
   ``download_file_from_hf``, ``clear_huggingface_cache``, ``warn_if_mps``, ``CACHE_DIR``,
   ``get_nested_attr``, ``set_nested_attr``, ``override_or_use_default_value``, ``USE_DEFAULT_VALUE``,
   ``LocallyOverridenDefaults``;
-- lens only: ``keep_freed_memory``.
+- lens only: ``keep_freed_memory``, ``release_freed_memory``.
 
 >>> get_act_name("pattern", 3)
 'blocks.3.attn.hook_pattern'
@@ -30,6 +30,8 @@ torch.Size([2, 3])
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +94,8 @@ __all__ = [
     "init_kaiming_normal_",
     "init_kaiming_uniform_", "init_xavier_normal_", "init_xavier_uniform_", "is_library_available",
     "is_lower_triangular", "is_square", "keep_freed_memory", "keep_single_column", "lm_accuracy",
-    "lm_cross_entropy_loss", "override_or_use_default_value", "print_gpu_mem", "remove_batch_dim",
+    "lm_cross_entropy_loss", "override_or_use_default_value", "print_gpu_mem", "release_freed_memory",
+    "remove_batch_dim",
     "repeat_along_head_dimension", "sample_logits", "select_compatible_kwargs", "set_nested_attr", "solu",
     "test_prompt", "to_numpy", "tokenize_and_concatenate", "transpose", "warn_if_mps", "xielu",
 ]  # fmt: skip
@@ -133,6 +136,37 @@ def lm_cross_entropy_loss(
     return nll.sum() / valid.sum().clamp_min(1)
 
 
+def _libc_trim() -> Callable[[], int] | None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _libc_trim()
+_KEEPING_FREED = False  # set by keep_freed_memory(): the user asked for freed memory to stay
+
+
+def release_freed_memory() -> None:
+    """Return freed heap memory to the operating system (glibc's ``malloc_trim``; a no-op elsewhere, and after
+    :func:`keep_freed_memory`).
+
+    Why: glibc raises its mmap threshold after the first large free, so later buffers of that size come from
+    the heap (and from per-thread arenas) and stay resident once freed. Code that frees a large buffer over
+    and over (offloaded weights and blocks in :mod:`lens.placement`, the activation store's shards) calls this
+    after each, so its peak stays at what is live plus one transient instead of creeping upwards.
+
+    >>> lens.utils.release_freed_memory()
+    """
+    if _TRIM is not None and not _KEEPING_FREED:
+        _TRIM()
+
+
 def keep_freed_memory(max_bytes: int = 8 * 2**30) -> bool:
     """Opt-in: ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
@@ -165,4 +199,6 @@ def keep_freed_memory(max_bytes: int = 8 * 2**30) -> bool:
     # over 128 KiB to mmap/munmap (page faults on each allocation): pin it at glibc's 32 MiB maximum.
     if not mallopt(m_mmap_threshold, ctypes.c_int(32 * 2**20)):
         return False
-    return bool(mallopt(m_trim_threshold, ctypes.c_int(min(max_bytes, 2**31 - 1))))
+    global _KEEPING_FREED
+    _KEEPING_FREED = bool(mallopt(m_trim_threshold, ctypes.c_int(min(max_bytes, 2**31 - 1))))
+    return _KEEPING_FREED

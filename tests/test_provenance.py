@@ -263,3 +263,35 @@ def test_files_read_names_relative_to_the_directory(tmp_path):
     assert files == [{"name": "a.json", "bytes": 2}, {"name": "sub/b.bin", "bytes": 3}]
     with pytest.raises(ValueError, match="kind"):
         provenance.record(torch.nn.Linear(1, 1), "somewhere")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_hash_is_the_bytes_whatever_the_layout_and_sees_every_piece(monkeypatch, dtype):
+    """The hash is of the values in row-major order: a transposed view hashes as its contiguous copy, in pieces
+    hashed in parallel or copied through a buffer; a change in any piece (or a swap of two rows) changes it."""
+    import hashlib
+
+    import lens.provenance as provenance
+
+    monkeypatch.setattr(provenance, "_PIECE", 256)  # many pieces from a small tensor
+    x = torch.randn(40, 24).to(dtype)
+
+    def holder(t):
+        m = torch.nn.Module()
+        m.register_buffer("w", t)
+        return m
+
+    contiguous, view = holder(x.T.contiguous()), holder(x.T)
+    assert not view.w.is_contiguous()
+    assert provenance.weights_sha256(contiguous) == provenance.weights_sha256(view)
+    # the oracle: name, dtype, shape, then the SHA-256 of each piece of whole rows
+    row = 40 * x.element_size()
+    data = x.T.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    step = max(1, 256 // row) * row
+    expected = hashlib.sha256(f"w|{dtype}|(24, 40)|".encode())
+    expected.update(b"".join(hashlib.sha256(data[i : i + step]).digest() for i in range(0, len(data), step)))
+    assert provenance.weights_sha256(contiguous) == expected.hexdigest()
+    for edit in (lambda t: t[-1, -1].add_(1), lambda t: t.index_copy_(0, torch.tensor([3, 17]), t[[17, 3]])):
+        edited = x.T.contiguous()
+        edit(edited)
+        assert provenance.weights_sha256(holder(edited)) != provenance.weights_sha256(contiguous)

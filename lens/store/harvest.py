@@ -32,6 +32,7 @@ import torch
 
 from lens.store import shards as fmt
 from lens.store.sources import TokenSource
+from lens.utils import release_freed_memory
 
 SHARD_TARGET_BYTES = 64 << 20
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -199,11 +200,14 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
             if self.error is None:
-                k, tensors, contexts = job
                 try:
-                    self.records.append(fmt.write_shard(self.out, k, tensors, contexts))
+                    self.records.append(fmt.write_shard(self.out, *job))  # (k, tensors, contexts)
                 except BaseException as e:  # noqa: BLE001  (re-raised in the harvesting thread)
-                    self.error = (k, e)
+                    self.error = (job[0], e)
+            # drop the shard's tensors and hand the freed memory back, or glibc keeps shard-sized buffers (in
+            # this thread's arena too) and the peak creeps up with the corpus
+            job = None
+            release_freed_memory()
 
     def submit(self, job) -> None:
         self.raise_error()
