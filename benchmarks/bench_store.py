@@ -26,8 +26,8 @@ CPU, contexts of 128 random token ids (a token-id array, so no tokenisation is m
    Tokens/s from the first manifest's write (after model loading and the shape probe) to the final
    manifest's, and of the whole command; whether the two stores' shards are byte-identical.
 
-Run: ``.venv/bin/python -m benchmarks.bench_store [--tokens 8192] [--rounds 2] [--mem-tokens 8192]
-[--dist-tokens 8192] [--skip-memory] [--skip-dist]`` (about 2.5 minutes on 2 cores).
+Run: ``.venv/bin/python -m benchmarks.bench_store [--tokens 16384] [--rounds 2] [--mem-tokens 8192]
+[--dist-tokens 16384] [--skip-memory] [--skip-dist]`` (about 2.5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -300,10 +300,10 @@ def scaling(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=8192, help="tokens per throughput round")
+    ap.add_argument("--tokens", type=int, default=16384, help="tokens per throughput round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mem-tokens", type=int, default=8192, help="N of the N vs 10N peak-memory runs")
-    ap.add_argument("--dist-tokens", type=int, default=8192)
+    ap.add_argument("--dist-tokens", type=int, default=16384)
     ap.add_argument("--shard-contexts", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-throughput", action="store_true")
