@@ -33,6 +33,7 @@ from lens.components.hook_flags import HookFlagsMixin
 from lens.config import TransformerConfig
 from lens.generation import GenerationConfig
 from lens.hooks import HookedRootModule, HookPoint
+from lens.sae.attach import SAEAttachMixin
 from lens.tl_methods import TransformerLensMethodsMixin
 from lens.tokenizer import Tokenizer, TokenizerMixin
 from lens.utils import lm_cross_entropy_loss
@@ -41,7 +42,9 @@ from lens.weights import WeightsMixin
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-class HookedTransformer(HookFlagsMixin, HookedRootModule, TokenizerMixin, WeightsMixin, TransformerLensMethodsMixin):
+class HookedTransformer(
+    HookFlagsMixin, HookedRootModule, TokenizerMixin, WeightsMixin, TransformerLensMethodsMixin, SAEAttachMixin
+):
     """A hooked decoder-only transformer described by a :class:`TransformerConfig`.
 
     Args:

@@ -34,16 +34,21 @@ LAYERS: list[tuple[str, ...]] = [
         "lens.weights",
         "lens.processing",
         "lens.tl_methods",
+        "lens.sae.config",
+        "lens.sae.modules",
+        "lens.sae.formats",
+        "lens.sae.attach",
     ),
     ("lens.analysis",),
     ("lens.generation",),
-    ("lens.loading", "lens.hub", "lens.placement"),
+    ("lens.loading", "lens.hub", "lens.placement", "lens.sae.loading"),
     ("lens.model",),
-    ("lens.tools",),
+    ("lens.tools", "lens.sae.evaluate"),
     # applications, and the old import paths kept as aliases (lens.patching -> lens.tools.patching, ...)
-    ("lens", "lens.zoo", "lens.store", "lens.demo", "lens.repro", "lens.hook_reference", "lens.__main__",
-     "lens.adapters", "lens.cache", "lens.patching", "lens.attribution", "lens.logit_lens", "lens.head_detectors",
-     "lens.plot", "lens.hook_points", "lens.head_detector"),
+    # (lens.sae.train reads activation stores)
+    ("lens", "lens.zoo", "lens.store", "lens.sae", "lens.sae.train", "lens.demo", "lens.repro", "lens.hook_reference",
+     "lens.__main__", "lens.adapters", "lens.cache", "lens.patching", "lens.attribution", "lens.logit_lens",
+     "lens.head_detectors", "lens.plot", "lens.hook_points", "lens.head_detector"),
 ]  # fmt: skip
 
 
