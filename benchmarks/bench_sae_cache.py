@@ -63,7 +63,8 @@ def main() -> None:
         repeats=args.repeats,
     )
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; tokens {args.batch}x{args.pos}, SAE d_sae {16 * d} k 32 at {HOOK}")  # fmt: skip
+          f"{torch.get_num_threads()} threads; tokens {args.batch}x{args.pos}, "
+          f"SAE d_sae {16 * d} k 32 at {HOOK}")  # fmt: skip
     for k, v in times.items():
         print(f"   {k:22s} {v * 1e3:8.1f} ms")
     base = times["cache"] + times["sae alone"]
