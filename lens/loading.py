@@ -182,13 +182,10 @@ def from_pretrained(
         model.set_tokenizer(tokenizer)
         origin["tokenizer"] = "argument"
     process_weights(model, flags)
-    bos = choose_prepend_bos(model.tokenizer, family_bos, default_prepend_bos)
-    model.cfg.default_prepend_bos = bos["value"]
-    provenance.record(
-        model, origin.pop("kind"), **origin, processing=dataclasses.asdict(flags),
-        context_size_override=context_size_override, dtype=requested_dtype, prepend_bos=bos,
+    return _settle(
+        model, origin, family_bos, default_prepend_bos, processing=dataclasses.asdict(flags),
+        context_size_override=context_size_override, dtype=requested_dtype,
     )  # fmt: skip
-    return model
 
 
 def from_hf_model(
@@ -218,16 +215,23 @@ def from_hf_model(
     cfg = adapter.make_config(hf, dtype=_object_dtype(hf_model, dtype), device=device, **config_overrides)
     family_bos = cfg.default_prepend_bos
     model = _load_object(hf_model, adapter, cfg, model_class, None, tokenizer)
-    bos = choose_prepend_bos(model.tokenizer, family_bos, override)
-    model.cfg.default_prepend_bos = bos["value"]
     origin = _object_origin(hf_model, None)
     if tokenizer is not None:
         origin["tokenizer"] = "argument"
-    provenance.record(
-        model, origin.pop("kind"), **origin, processing=dataclasses.asdict(ProcessingFlags()),
+    return _settle(
+        model, origin, family_bos, override, processing=dataclasses.asdict(ProcessingFlags()),
         context_size_override=None, config_overrides={k: _plain(v) for k, v in config_overrides.items()},
-        dtype=_dtype_name(dtype), prepend_bos=bos,
+        dtype=_dtype_name(dtype),
     )  # fmt: skip
+
+
+def _settle(model, origin: dict[str, Any], family_bos: bool, override: bool | None, **fields: Any):
+    """The last step of every load: choose ``cfg.default_prepend_bos`` (override, else the tokenizer, else the
+    family's ``family_bos``) and record the model's provenance (``origin`` plus ``fields``); returns ``model``."""
+    bos = choose_prepend_bos(model.tokenizer, family_bos, override)
+    model.cfg.default_prepend_bos = bos["value"]
+    origin = dict(origin)
+    provenance.record(model, origin.pop("kind"), **origin, **fields, prepend_bos=bos)
     return model
 
 
