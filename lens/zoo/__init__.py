@@ -9,6 +9,14 @@
 Each model is described by ``weights/NAME.json`` (config, training recipe, loss curve, held-out loss,
 per-head induction scores, SHA-256 of the weights) beside ``weights/NAME.safetensors``; both are written
 by ``python -m lens.zoo.train`` (see :mod:`lens.zoo.train`).
+
+Sparse autoencoders trained on them ship as ``saes/NAME/`` (SAELens's format plus ``zoo.json``, the training
+report with held-out metrics and the weights' SHA-256), written by ``python -m lens.zoo.train_sae``:
+
+>>> zoo.list_saes()
+['gelu-4l-resid1-topk16']
+>>> sae = zoo.load_sae("gelu-4l-resid1-topk16")     # a lens.sae.SAE on blocks.1.hook_resid_post
+>>> zoo.sae_info("gelu-4l-resid1-topk16")["eval"]["metrics"]["explained_variance"]
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from typing import Any
 
 import torch
 
-from lens.zoo.specs import SPECS
+from lens.zoo.specs import SAE_SPECS, SPECS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+SAES_DIR = Path(__file__).parent / "saes"
 
 
 def list_models() -> list[str]:
@@ -107,4 +116,45 @@ def load(
     return model.eval()
 
 
-__all__ = ["info", "list_models", "load"]
+def list_saes() -> list[str]:
+    """Names of the embedded SAEs whose weights are present."""
+    return [n for n in SAE_SPECS if (SAES_DIR / n / "sae_weights.safetensors").exists()]
+
+
+def _sae_folder(name: str) -> Path:
+    if name not in SAE_SPECS:
+        raise ValueError(f"{name!r} is not an embedded SAE; choose from {list(SAE_SPECS)}")
+    folder = SAES_DIR / name
+    if not (folder / "sae_weights.safetensors").exists():
+        raise FileNotFoundError(f"embedded SAE {name!r} has no weights in {folder}; train it with "
+                                f"`python -m lens.zoo.train_sae {name}`")  # fmt: skip
+    return folder
+
+
+def sae_info(name: str) -> dict[str, Any]:
+    """The training report of an embedded SAE (recipe, held-out metrics, SHA-256 of its weights)."""
+    return json.loads((_sae_folder(name) / "zoo.json").read_text())
+
+
+def load_sae(name: str, device: str | torch.device | None = None, dtype: str | None = None, verify: bool = True):
+    """Load an embedded SAE as a :class:`lens.sae.SAE` (attach it to ``load(sae_info(name)["model"])``).
+
+    ``verify=True`` checks the weights' SHA-256 against the recorded one (ValueError naming the file on mismatch).
+
+    >>> model, sae = load("gelu-4l"), load_sae("gelu-4l-resid1-topk16")
+    >>> with model.saes([sae]):
+    ...     _, cache = model.run_with_cache("def f(x):")
+    """
+    import lens.sae
+
+    folder = _sae_folder(name)
+    if verify:
+        meta = sae_info(name)
+        actual = sha256_of(folder / "sae_weights.safetensors")
+        if actual != meta["sha256"]:
+            raise ValueError(f"{folder / 'sae_weights.safetensors'} has SHA-256 {actual}, but zoo.json records "
+                             f"{meta['sha256']}")  # fmt: skip
+    return lens.sae.load(folder, device=device, dtype=dtype)
+
+
+__all__ = ["info", "list_models", "list_saes", "load", "load_sae", "sae_info"]

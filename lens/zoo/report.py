@@ -5,8 +5,8 @@ python -m lens.zoo.report > docs/zoo.md
 
 from __future__ import annotations
 
-from lens.zoo import info, list_models
-from lens.zoo.specs import SPECS
+from lens.zoo import info, list_models, list_saes, sae_info
+from lens.zoo.specs import SAE_SPECS, SPECS
 
 
 def markdown() -> str:
@@ -75,7 +75,43 @@ def markdown() -> str:
         lines += [
             f"| {i} | " + " | ".join(f"{s:.2f}" for s in layer) + " |" for i, layer in enumerate(r["induction_scores"])
         ]
+    lines += _sae_lines()
     return "\n".join(lines) + "\n"
+
+
+def _sae_lines() -> list[str]:
+    lines = [
+        "",
+        "## Sparse autoencoders",
+        "",
+        "Trained by `python -m lens.zoo.train_sae NAME` with `lens.sae.train` on the model's activations over the",
+        "training files (streamed: model + token source), seeded and deterministic like the models; evaluated with",
+        "`lens.sae.evaluate` on the first held-out contexts (BOS + 127 bytes each; BOS excluded from the activation",
+        "metrics). `lens.zoo.load_sae(name)` checks the weights' SHA-256. The targets of issue #16 were explained",
+        "variance >= 0.8 and CE loss score >= 0.8 at L0 <= 32. Dead means no activation on any evaluated token (a",
+        "stricter count than training's, which flags a latent after 250k tokens without firing); zero-ablating a",
+        "residual stream is very damaging, which makes the CE score the easier of the two targets.",
+        "",
+        "| SAE | model, hook | latents | L0 | explained variance | CE loss score | CE clean / spliced / zero |"
+        " dead / dense | training |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in list_saes():
+        r = sae_info(name)
+        m, hp = r["eval"]["metrics"], r["train"]
+        lines.append(
+            f"| `{name}` | `{r['model']}`, `{r['hook_name']}` | {hp['d_sae']} ({hp['architecture']}, k={hp['k']}) |"
+            f" {m['l0']:.1f} | **{m['explained_variance']:.3f}** | **{m['ce_loss_score']:.3f}** |"
+            f" {m['ce_loss_clean']:.3f} / {m['ce_loss_spliced']:.3f} / {m['ce_loss_zero']:.3f} |"
+            f" {m['dead_fraction']:.3f} / {m['dense_fraction']:.3f} |"
+            f" {hp['steps']} steps x {hp['batch_size']} tokens, lr {hp['lr']}, {r['train_seconds']:.0f} s |"
+        )
+    for name in list_saes():
+        r = sae_info(name)
+        n = r["eval"]["metrics"]["tokens"]
+        lines += ["", f"- `{name}`: {SAE_SPECS[name]['description']}; evaluated on {n} held-out tokens;"
+                  f" weights SHA-256 `{r['sha256']}`."]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

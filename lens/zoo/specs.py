@@ -28,3 +28,28 @@ SPECS: dict[str, dict[str, Any]] = {
         "train": dict(steps=900, batch=16, seq=128, lr=2e-3, warmup=100, weight_decay=0.01, seed=0),
     },
 }
+
+
+# Sparse autoencoders trained on the embedded models (``python -m lens.zoo.train_sae NAME``), shipped as
+# ``saes/NAME/`` in SAELens's format (cfg.json + sae_weights.safetensors) beside ``saes/NAME/zoo.json`` (report).
+SAE_SPECS: dict[str, dict[str, Any]] = {
+    "gelu-4l-resid1-topk16": {
+        "description": "TopK SAE (k=16, 1024 latents, 8x) on gelu-4l's residual stream after block 1",
+        "model": "gelu-4l",
+        "hook_name": "blocks.1.hook_resid_post",
+        "train": dict(
+            d_sae=1024,
+            architecture="topk",
+            k=16,
+            lr=1e-3,
+            steps=2000,
+            batch_size=1024,
+            seed=0,
+            context_size=128,
+            model_batch_size=32,
+            dead_after_tokens=250_000,
+        ),
+        # held-out evaluation: this many 128-byte contexts of the held-out files (BOS + 127 bytes)
+        "eval_contexts": 256,
+    },
+}
