@@ -69,8 +69,13 @@ def manifest(
     hooks: Iterable[str] | None = None,
     command: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    weights_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest as a dict (see :func:`write_manifest`)."""
+    """The manifest as a dict (see :func:`write_manifest`).
+
+    ``weights_sha256``: the weights' hash when the caller has just computed it (hashing a large model takes a
+    while); by default it is computed here.
+    """
     import lens
 
     data: dict[str, Any] = {
@@ -84,7 +89,7 @@ def manifest(
         "torch_threads": torch.get_num_threads(),
     }
     if model is not None:
-        data["model"] = _model_entry(model)
+        data["model"] = _model_entry(model, weights_sha256)
         data["hooks"] = sorted(set(hooks)) if hooks is not None else active_hooks(model)
     elif hooks is not None:
         data["hooks"] = sorted(set(hooks))
@@ -93,13 +98,13 @@ def manifest(
     return data
 
 
-def _model_entry(model: Any) -> dict[str, Any]:
+def _model_entry(model: Any, now: str | None = None) -> dict[str, Any]:
     """The manifest's ``model``: the load-time record (``model.provenance``) and the weights as they are now."""
     param = next(model.parameters())
     cfg = getattr(model, "cfg", None)
     record = getattr(model, "provenance", None)
     record = record if isinstance(record, dict) else {"kind": "unknown"}
-    now, at_load = weights_sha256(model), record.get("weights_sha256")
+    now, at_load = now or weights_sha256(model), record.get("weights_sha256")
     entry: dict[str, Any] = {
         "name": record.get("name") or getattr(cfg, "model_name", type(model).__name__),
         "source": {k: v for k, v in record.items() if k not in ("weights_sha256", "prepend_bos")},

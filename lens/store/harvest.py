@@ -174,7 +174,9 @@ def _open_folder(out: Path, ident: dict, rank: int) -> None:
 def _write_manifest(out: Path, ident: dict, records: list[dict] | None, model: Any) -> None:
     import lens.repro
 
-    data = lens.repro.manifest(model, hooks=list(ident["hooks"])) if model is not None else {}
+    # the weights were hashed once, for the identity (harvesting does not change them)
+    sha = ident["model"]["weights_sha256"]
+    data = lens.repro.manifest(model, hooks=list(ident["hooks"]), weights_sha256=sha) if model is not None else {}
     data.pop("command", None)  # the same store from another command line (torchrun or not) is the same store
     data.pop("torch_threads", None)
     data["store"] = {"format": fmt.FORMAT, "version": fmt.VERSION, "identity": ident, "complete": records is not None}
