@@ -597,7 +597,8 @@ class HookedTransformer(
         tokens: Int[Tensor, "batch q"],
         kv_cache: Any = None,
         attention_mask: Int[Tensor, "batch q"] | None = None,
-    ) -> Float[Tensor, "batch vocab"]:
+        logits_to_keep: int | None = None,
+    ) -> Float[Tensor, "batch vocab"] | Float[Tensor, "batch keep vocab"]:
         """One step of autoregressive decoding: float32 logits at the last position.
 
         ``tokens`` are the new positions (the prompt for a prefill, one token per row after it) and
@@ -606,12 +607,17 @@ class HookedTransformer(
         whole sequence and ``attention_mask`` covers it. This is ``model(tokens, past_kv_cache=kv_cache,
         logits_to_keep=1)``: the ordinary forward, so every hook (hook points, PyTorch module hooks,
         global module hooks) fires on every step. ``generate``, beam search and streaming all decode
-        through it.
+        through it. ``logits_to_keep=N`` returns the logits of the last ``N`` positions ``[batch, N, vocab]``
+        instead (speculative decoding verifies ``N - 1`` proposed tokens in one step).
 
         >>> cache = KVCache.for_model(model, batch=1, max_len=16)
         >>> logits = model.decode_step(prompt, cache)                        # [1, d_vocab]
         >>> logits = model.decode_step(logits.argmax(-1, keepdim=True), cache)
         """
+        if logits_to_keep is not None:
+            return self(
+                tokens, past_kv_cache=kv_cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep
+            ).float()
         logits = self(tokens, past_kv_cache=kv_cache, attention_mask=attention_mask, logits_to_keep=1)
         return logits[:, -1].float()
 

@@ -30,6 +30,7 @@ from lens.generation.kv_cache import KV_CACHE_DTYPES
 from lens.generation.sampling import SamplingConfig
 
 RETURN_TYPES = ("input", "str", "tokens")
+ASSISTANT_SCHEDULES = ("heuristic", "constant")
 
 
 def int_arg(name: str, value: Any, minimum: int) -> int:
@@ -62,6 +63,19 @@ class GenerationConfig:
         return_cache, names_filter: also return an ``ActivationCache`` of the hooks ``names_filter``
             selects, over every position (``generate`` only, not with beams).
         verbose: show a tqdm progress bar.
+        prompt_lookup_num_tokens, max_matching_ngram_size: speculative decoding with proposals copied from the
+            prompt and the text so far (the continuation of the latest ``max_matching_ngram_size``-gram's first
+            earlier occurrence, up to ``prompt_lookup_num_tokens`` tokens), as Hugging Face's prompt lookup.
+        assistant_model, num_assistant_tokens, num_assistant_tokens_schedule: speculative decoding with a small
+            draft model of the same vocabulary proposing ``num_assistant_tokens`` tokens a step (``"heuristic"``:
+            +2 after a fully accepted proposal, -1 otherwise, within [1, 2 x the start]; ``"constant"``).
+            Greedy output equals plain greedy decoding; sampling keeps the exact distribution
+            (:mod:`lens.generation.speculative`).
+        return_stats: also return :class:`~lens.generation.speculative.SpeculativeStats` (proposed, accepted,
+            forwards) as ``.stats`` of the output.
+        output_trace, trace_top_k: also return a per-step :class:`~lens.generation.trace.GenerationTrace`
+            (chosen token, its probability, the ``trace_top_k`` most likely alternatives before and after the
+            sampler's filters, proposals) as ``.trace`` of the output.
     """
 
     max_new_tokens: int | None = None
@@ -86,6 +100,14 @@ class GenerationConfig:
     return_cache: bool = False
     names_filter: Any = None
     verbose: bool = False
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int = 2
+    assistant_model: Any = None
+    num_assistant_tokens: int = 5
+    num_assistant_tokens_schedule: str = "heuristic"
+    return_stats: bool = False
+    output_trace: bool = False
+    trace_top_k: int = 5
 
     def __init__(self, **settings: Any) -> None:
         check_names(settings)
@@ -151,6 +173,42 @@ class GenerationConfig:
             raise ValueError("names_filter selects what return_cache=True records; set return_cache=True")
         if self.return_cache and self.num_beams > 1:
             raise ValueError("return_cache=True is not supported with beam search (num_beams > 1)")
+        self._validate_speculative()
+
+    @property
+    def speculative(self) -> bool:
+        """True when a draft (prompt lookup or an assistant model) proposes tokens."""
+        return self.prompt_lookup_num_tokens is not None or self.assistant_model is not None
+
+    def _validate_speculative(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        for name in ("return_stats", "output_trace"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        set_("trace_top_k", int_arg("trace_top_k", self.trace_top_k, 1))
+        set_("max_matching_ngram_size", int_arg("max_matching_ngram_size", self.max_matching_ngram_size, 1))
+        set_("num_assistant_tokens", int_arg("num_assistant_tokens", self.num_assistant_tokens, 1))
+        if self.num_assistant_tokens_schedule not in ASSISTANT_SCHEDULES:
+            raise ValueError(
+                f"num_assistant_tokens_schedule must be one of {ASSISTANT_SCHEDULES}, "
+                f"got {self.num_assistant_tokens_schedule!r}"
+            )
+        if self.prompt_lookup_num_tokens is not None:
+            set_("prompt_lookup_num_tokens", int_arg("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens, 1))
+        if self.assistant_model is not None:
+            if not callable(getattr(self.assistant_model, "decode_step", None)):
+                kind = type(self.assistant_model).__name__
+                raise TypeError(f"assistant_model must be a lens model (with decode_step), got {kind}")
+            if self.prompt_lookup_num_tokens is not None:
+                raise ValueError("pass prompt_lookup_num_tokens or assistant_model, not both")
+        if not self.speculative:
+            return
+        name = "prompt_lookup_num_tokens" if self.assistant_model is None else "assistant_model"
+        if self.num_beams > 1:
+            raise ValueError(f"{name} (speculative decoding) does not support beam search; num_beams must be 1, "
+                             f"got {self.num_beams}")  # fmt: skip
+        if not self.use_past_kv_cache:
+            raise ValueError(f"{name} (speculative decoding) needs use_past_kv_cache=True")
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationConfig))

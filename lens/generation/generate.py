@@ -20,135 +20,73 @@ gathers them into one
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from lens.components.rotary import cache_refresh_length
 from lens.generation.beam import beam_search
 from lens.generation.config import GenerationConfig
-from lens.generation.kv_cache import KVCache
+from lens.generation.loop import SampleRun
 from lens.generation.plan import GenerationPlan, TextStream, format_output, make_plan
 from lens.generation.record import ActivationRecorder
+from lens.generation.speculative import SpeculativeRun, SpeculativeStats
+from lens.generation.trace import GenerationTrace
+
+_SampleRun = SampleRun  # the loop's old name (it lives in lens.generation.loop)
 
 
-class GenerationOutput(NamedTuple):
-    """What ``generate`` returns when ``output_logprobs`` or ``return_cache`` is set.
-
-    ``logprobs`` ``[batch, n_new]``: log-probability of each generated token under the model (log-softmax
-    of the raw logits; beam search: of the log-probabilities beam search scored, after the repetition
-    penalty), 0 after a row's EOS; ``cache``: the recorded activations. Either is None when not asked.
-    """
-
+class _Fields(NamedTuple):
     output: Any
     logprobs: Float[Tensor, "batch n_new"] | None
     cache: Any
 
 
-class _SampleRun:
-    """Greedy / sampling decode loop; iterating yields ``(tokens [batch], live [batch])`` per step."""
+class GenerationOutput(_Fields):
+    """What ``generate`` returns when ``output_logprobs``, ``return_cache``, ``return_stats`` or ``output_trace``
+    is set: the named tuple ``(output, logprobs, cache)``, plus the attributes ``stats`` and ``trace``.
 
-    def __init__(self, model: Any, plan: GenerationPlan, recorder: ActivationRecorder | None = None):
-        self.model, self.plan, self.recorder = model, plan, recorder
-        self.steps = 0
+    ``logprobs`` ``[batch, n_new]``: log-probability of each generated token under the model (log-softmax
+    of the raw logits; beam search: of the log-probabilities beam search scored, after the repetition
+    penalty), 0 after a row's EOS; ``cache``: the recorded activations; ``stats``: a
+    :class:`~lens.generation.speculative.SpeculativeStats`; ``trace``: a
+    :class:`~lens.generation.trace.GenerationTrace`. Each is None when not asked for.
 
-    def _forward(self, tokens: Tensor, mask: Tensor | None, cache: KVCache | None, q_end: int, n_new: int) -> Tensor:
-        if self.recorder is not None:
-            self.recorder.begin_step(n_new, q_end)
-        return self.model.decode_step(tokens, cache, attention_mask=mask)
+    >>> out, logprobs, cache = model.generate("Hi", 5, output_logprobs=True)     # unpacks as three
+    >>> model.generate("Hi", 5, return_stats=True).stats.forwards
+    """
 
-    def _setup(self) -> None:
-        plan = self.plan
-        b, P = plan.tokens.shape
-        total, dev = P + plan.max_new, plan.tokens.device
-        self.out = torch.full((b, total), plan.fill_id, dtype=torch.long, device=dev)
-        self.out[:, :P] = plan.tokens
-        self.key_mask = None
-        if plan.mask is not None:
-            self.key_mask = torch.ones(b, total, dtype=torch.bool, device=dev)
-            self.key_mask[:, :P] = plan.mask
-        self.unfinished = torch.ones(b, dtype=torch.bool, device=dev)
-        self.gen_len = torch.zeros(b, dtype=torch.long, device=dev)
-        self.logprobs = torch.zeros(b, plan.max_new, device=dev) if plan.output_logprobs else None
-        self.done = False
-        self.cache = KVCache.for_model(self.model, b, total, plan.kv_cache_dtype) if plan.use_past_kv_cache else None
-        self.refresh_at = cache_refresh_length(self.model.cfg)  # longrope: recompute the cache past this length
-        self.use_penalty = plan.sampling.do_sample or plan.sampling.repetition_penalty != 1.0
+    stats: SpeculativeStats | None
+    trace: GenerationTrace | None
 
-    def _select(self, logits: Float[Tensor, "batch vocab"], t: int) -> tuple[Tensor, Tensor]:
-        plan = self.plan
-        scores = logits
-        if self.use_penalty:
-            history_mask = None if self.key_mask is None else self.key_mask[:, :t]
-            scores = plan.sampling.process(logits, self.out[:, :t], history_mask)
-        nxt = plan.sampling.sample(scores, plan.generator)
-        live = self.unfinished
-        if plan.eos is not None:
-            nxt = torch.where(live, nxt, plan.fill_id)
-            self.unfinished = live & ~torch.isin(nxt, plan.eos)
-            self.done = not bool(self.unfinished.any())
-        self.gen_len += live
-        self.out[:, t] = nxt
-        if self.logprobs is not None:
-            lp = logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
-            self.logprobs[:, t - plan.prompt_len] = torch.where(live, lp, 0.0)
-        return nxt, live
+    def __new__(
+        cls,
+        output: Any,
+        logprobs: Tensor | None = None,
+        cache: Any = None,
+        stats: SpeculativeStats | None = None,
+        trace: GenerationTrace | None = None,
+    ) -> GenerationOutput:
+        self = super().__new__(cls, output, logprobs, cache)
+        self.stats, self.trace = stats, trace
+        return self
 
-    @torch.inference_mode()
-    def _feed(self, nxt: Int[Tensor, " batch"], t: int) -> Float[Tensor, "batch vocab"]:
-        """Run the token just chosen at sequence position ``t``; logits for position ``t + 1``."""
-        if self.cache is not None:
-            if self.refresh_at is not None and t + 1 > self.refresh_at >= self.cache.offset:
-                # the sequence just outgrew the short rotary tables (longrope): every key rotates anew, so
-                # the cache is refilled from the whole sequence, as transformers' Phi-3 generate does
-                self.cache.reset()
-                mask = None if self.key_mask is None else self.key_mask[:, : t + 1]
-                return self._forward(self.out[:, : t + 1], mask, self.cache, t + 1, 1)
-            return self._forward(nxt[:, None], None, self.cache, t + 1, 1)
-        mask = None if self.key_mask is None else self.key_mask[:, : t + 1]
-        return self._forward(self.out[:, : t + 1], mask, None, t + 1, 1)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        plan = self.plan
-        P = plan.prompt_len
-        with torch.inference_mode():
-            self._setup()
-            if plan.max_new == 0 and self.recorder is None:
-                return
-            logits = self._forward(plan.tokens, plan.mask, self.cache, P, P)
-            if plan.max_new == 0:  # return_cache still records the prompt
-                return
-        bar = None
-        if plan.verbose:
-            from tqdm.auto import tqdm
+def _run(model: Any, plan: GenerationPlan, recorder: ActivationRecorder | None = None) -> SampleRun:
+    """The loop for ``plan``: speculative when a draft is set (``return_cache`` records plain decoding)."""
+    if plan.config.speculative and recorder is None:
+        return SpeculativeRun(model, plan)
+    return SampleRun(model, plan, recorder)
 
-            bar = tqdm(total=plan.max_new, desc="generate")
-        try:
-            for i in range(plan.max_new):
-                t = P + i
-                with torch.inference_mode():
-                    nxt, live = self._select(logits, t)
-                self.steps = i + 1
-                if bar is not None:
-                    bar.update(1)
-                yield nxt, live
-                if self.done or i + 1 == plan.max_new:
-                    break
-                logits = self._feed(nxt, t)
-            if self.recorder is not None and self.steps:  # so the last token has activations too
-                self._feed(self.out[:, P + self.steps - 1], P + self.steps - 1)
-        finally:
-            if bar is not None:
-                bar.close()
 
-    def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(tokens [batch, prompt + steps], generated lengths [batch], logprobs [batch, steps] | None)."""
-        end = self.plan.prompt_len + self.steps
-        logprobs = None if self.logprobs is None else self.logprobs[:, : self.steps].clone()
-        return self.out[:, :end].clone(), self.gen_len.clone(), logprobs
+def _stats(run: SampleRun) -> SpeculativeStats:
+    if isinstance(run, SpeculativeRun):
+        stats = run.stats
+        stats.forwards, stats.steps, stats.draft_forwards = run.forwards, run.steps, getattr(run.draft, "forwards", 0)
+        return stats
+    return SpeculativeStats(forwards=run.forwards, steps=run.steps)
 
 
 def generate(model: Any, input: Any, config: GenerationConfig, attention_mask: Tensor | None = None) -> Any:
@@ -161,18 +99,23 @@ def generate(model: Any, input: Any, config: GenerationConfig, attention_mask: T
     plan = make_plan(model, input, config, attention_mask)
     recorder = ActivationRecorder(model, keep) if keep is not None else None
     rows = plan.tokens.shape[0] * plan.num_beams
+    run = None
     with model.hooks(fwd_hooks=recorder.hooks() if recorder is not None else ()), model.decoding(rows, plan.max_new):
         if plan.num_beams > 1:  # (cloned outside inference mode: ordinary tensors for the caller)
             tokens, gen_len, logprobs = (None if t is None else t.clone() for t in beam_search(model, plan))
         else:
-            run = _SampleRun(model, plan, recorder)
-            for _ in run:
-                pass
+            run = _run(model, plan, recorder)
+            draft = plan.assistant_model if isinstance(run, SpeculativeRun) else None
+            with draft.decoding(rows, plan.max_new) if draft is not None else contextlib.nullcontext():
+                for _ in run:
+                    pass
             tokens, gen_len, logprobs = run.result()
     output = format_output(model, plan, tokens, gen_len)
-    if not (config.output_logprobs or config.return_cache):
+    if not (config.output_logprobs or config.return_cache or config.return_stats or config.output_trace):
         return output
-    return GenerationOutput(output, logprobs, recorder.finish() if recorder is not None else None)
+    stats = _stats(run) if config.return_stats and run is not None else None
+    trace = run.trace.finish() if run is not None and run.trace is not None and run.trace.columns else None
+    return GenerationOutput(output, logprobs, recorder.finish() if recorder is not None else None, stats, trace)
 
 
 def generate_stream(
@@ -186,12 +129,43 @@ def generate_stream(
         raise ValueError("generate_stream does not support beam search (num_beams > 1); use generate")
     if config.return_cache:
         raise ValueError("generate_stream does not support return_cache=True; use generate")
-    return _stream(model, make_plan(model, input, config, attention_mask))
+    plan = make_plan(model, input, config, attention_mask)
+    return GenerationStream(_run(model, plan))
 
 
-def _stream(model: Any, plan: GenerationPlan) -> Iterator[Any]:
+class GenerationStream:
+    """The iterator :func:`generate_stream` returns; ``stats`` and ``trace`` describe the steps run so far.
+
+    >>> stream = model.generate_stream(prompt, 50, prompt_lookup_num_tokens=8)
+    >>> text = "".join(stream)
+    >>> stream.stats.accepted, stream.stats.forwards
+    """
+
+    def __init__(self, run: SampleRun):
+        self.run = run
+        self._items = _stream(run)
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    @property
+    def stats(self) -> SpeculativeStats:
+        """Proposed / accepted tokens and forwards so far (:class:`SpeculativeStats`)."""
+        return _stats(self.run)
+
+    @property
+    def trace(self) -> GenerationTrace | None:
+        """The per-step trace so far (with ``output_trace=True``; else None)."""
+        columns = self.run.trace is not None and self.run.trace.columns
+        return self.run.trace.finish() if columns else None
+
+
+def _stream(run: SampleRun) -> Iterator[Any]:
     # No model.decoding() here: the caller's code runs between steps and may edit weights in any way.
-    run = _SampleRun(model, plan)
+    plan, model = run.plan, run.model
     text = TextStream(model.tokenizer, plan.tokens.shape[0]) if plan.output_kind in ("str", "strs") else None
     for nxt, live in run:
         item = nxt.clone() if text is None else text.push(nxt, live.tolist())

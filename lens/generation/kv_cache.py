@@ -100,6 +100,9 @@ class KVCache:
         kv_cache_dtype: None (the model dtype) or ``"int8"``.
         layer_devices: one device per layer for a model placed on several devices (each layer's keys and values
             live where that layer computes: ``model.block_devices()``); default ``device`` for all.
+        spare: extra slots in each sliding-window ring buffer (``window + spare``), so that up to ``spare + 1``
+            positions written speculatively can be rolled back with :meth:`truncate` without having overwritten
+            a key still inside the window (speculative decoding allocates its largest proposal length).
 
     Attributes:
         offset: positions written so far (the next token's index in the sequence).
@@ -120,13 +123,16 @@ class KVCache:
         device: torch.device | str | None = None,
         kv_cache_dtype: str | None = None,
         layer_devices: list[torch.device] | None = None,
+        spare: int = 0,
     ):
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
         for name, value in (("batch", batch), ("max_len", max_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.cfg, self.batch, self.max_len = cfg, batch, max_len
+        if isinstance(spare, bool) or not isinstance(spare, int) or spare < 0:
+            raise ValueError(f"spare must be an int >= 0, got {spare!r}")
+        self.cfg, self.batch, self.max_len, self.spare = cfg, batch, max_len, spare
         self.dtype = dtype or cfg.dtype
         self.device = torch.device(device if device is not None else (cfg.device or "cpu"))
         self.kv_cache_dtype = kv_cache_dtype
@@ -138,13 +144,13 @@ class KVCache:
         # ungrouped GQA (cfg.ungroup_grouped_query_attention) attends with one key/value head per query head
         shape_kv = (batch, cfg.n_heads if cfg.ungroup_grouped_query_attention else cfg.n_key_value_heads)
         self.layers: list[_LayerStore] = []
-        self._windows: set[int] = set()
+        self._windows: dict[int, int] = {}  # window -> ring size (window + spare)
         for i in range(cfg.n_layers):
             window = cfg.layer_window(i)
-            ring = window is not None and window < max_len
-            size = window if ring else max_len
+            ring = window is not None and window + spare < max_len
+            size = window + spare if ring else max_len
             if ring:
-                self._windows.add(window)
+                self._windows[window] = size
             store = _LayerStore(
                 (*shape_kv, size, cfg.d_head), size, ring, self.dtype, devices[i], kv_cache_dtype == "int8"
             )
@@ -155,13 +161,13 @@ class KVCache:
         self._pending: int | None = None
 
     @classmethod
-    def for_model(cls, model, batch: int, max_len: int, kv_cache_dtype: str | None = None) -> KVCache:
+    def for_model(cls, model, batch: int, max_len: int, kv_cache_dtype: str | None = None, spare: int = 0) -> KVCache:
         """A cache matching ``model``'s config, dtype and device (each layer's on its block's device)."""
         w = model.embed.weight
         layers = model.block_devices() if getattr(model, "placement", None) is not None else None
         return cls(
             model.cfg, batch, max_len, dtype=w.dtype, device=w.device, kv_cache_dtype=kv_cache_dtype,
-            layer_devices=layers,
+            layer_devices=layers, spare=spare,
         )  # fmt: skip
 
     @property
@@ -207,8 +213,8 @@ class KVCache:
         self._pending = q_len
         self.key_positions = None
         if q_len == 1 and self._windows:
-            self.key_positions = {
-                w: off - (off - torch.arange(w, device=self.device)) % w for w in self._windows if off >= w
+            self.key_positions = {  # slot s holds the latest position p <= off with p % size == s
+                w: off - (off - torch.arange(n, device=self.device)) % n for w, n in self._windows.items() if off >= n
             } or None
         full = None if self._key_mask is None else self._key_mask[:, : off + q_len]
         return off, full, positions
@@ -262,6 +268,32 @@ class KVCache:
         if self._next_pos is not None:
             self._next_pos += self._counts
         self._pending, self.key_positions = None, None
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding's rollback of rejected tokens).
+
+        Moves the offset and the per-row position counters back; nothing is copied and the buffers stay the
+        same tensors (the next forward overwrites the forgotten slots). A ring buffer may have overwritten
+        older keys with the forgotten ones, so it can roll back at most ``spare + 1`` positions while every
+        key inside its window survives; more raises ``ValueError``.
+
+        >>> cache = KVCache.for_model(model, batch=1, max_len=32, spare=4)
+        >>> logits = model(tokens[:, :10], past_kv_cache=cache)      # offset 10
+        >>> cache.truncate(7)                                         # as if only 7 had been run
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.offset:
+            raise ValueError(f"truncate length must be an int in [0, offset={self.offset}], got {length!r}")
+        if self._pending is not None:
+            raise ValueError("truncate between forwards only (a prepared step has not advanced yet)")
+        back = self.offset - length
+        if back > self.spare + 1 and self._windows and self.offset > min(self._windows.values()):
+            raise ValueError(
+                f"a ring buffer with {self.spare} spare slots can roll back at most {self.spare + 1} positions, "
+                f"not {back}; allocate the cache with spare >= {back - 1}"
+            )
+        if self._next_pos is not None:
+            self._next_pos -= self._key_mask[:, length : self.offset].sum(-1)
+        self.offset = length
 
     def reset(self) -> None:
         """Forget everything written (the buffers are kept and overwritten): the next forward is a prefill.

@@ -154,6 +154,28 @@ def _prompt(
     return tokens, mask, kind, strip_bos
 
 
+def check_assistant(model: Any, assistant: Any, needed: int) -> None:
+    """``ValueError`` unless ``assistant`` can draft for ``model``: same vocabulary and tokenizer, enough context."""
+    if assistant.cfg.d_vocab != model.cfg.d_vocab:
+        raise ValueError(
+            f"assistant_model has d_vocab={assistant.cfg.d_vocab} but the model has d_vocab={model.cfg.d_vocab}; "
+            "speculative decoding needs the same vocabulary"
+        )
+    mine, theirs = getattr(model, "tokenizer", None), getattr(assistant, "tokenizer", None)
+    if mine is not None and theirs is not None and mine is not theirs:
+        same = mine.is_byte_level == theirs.is_byte_level and mine.get_vocab() == theirs.get_vocab()
+        if not same:
+            raise ValueError(
+                "assistant_model's tokenizer differs from the model's (another vocabulary); speculative decoding "
+                "needs the same tokenizer"
+            )
+    if needed > assistant.cfg.n_ctx:
+        raise ValueError(
+            f"assistant_model's context is {assistant.cfg.n_ctx} positions, but this call needs {needed} "
+            "(prompt + max_new_tokens)"
+        )
+
+
 def make_plan(model: Any, input: Any, config: GenerationConfig, attention_mask: Tensor | None = None) -> GenerationPlan:
     """Check ``config`` against ``model`` and prepare the prompt; raises before any model compute."""
     eos = _eos_ids(model, config.eos_token_id)
@@ -167,6 +189,8 @@ def make_plan(model: Any, input: Any, config: GenerationConfig, attention_mask: 
     if config.return_type == "str" and tokenizer is None:
         raise ValueError("return_type='str' needs a tokenizer; set one with model.set_tokenizer(...)")
     max_new = check_context(model.cfg, tokens.shape[1], config.max_new_tokens)
+    if config.assistant_model is not None:
+        check_assistant(model, config.assistant_model, tokens.shape[1] + max_new)
     pad = tokenizer.pad_token_id if tokenizer is not None else None
     fill_id = pad if pad is not None else (eos[0] if eos else 0)
     device = tokens.device
