@@ -154,10 +154,93 @@ GENERATION = [
     "except ValueError as e:\n    print(e)",
 ]
 
+SAE_FEATURES = [
+    "# Sparse autoencoder features\n\nOn the embedded `gelu-4l` model and its embedded TopK SAE "
+    "(`lens.zoo.load_sae`): attach the SAE, find a feature, read its top-activating contexts and logit effects, "
+    "then ablate it and steer with it and measure what each does.",
+    "import tempfile\nfrom pathlib import Path\n\nimport torch\nimport lens\nfrom lens.sae import features as F\n"
+    "from lens.sae.browser import feature_browser\nfrom lens.zoo.train_sae import held_out_contexts\n\n"
+    "model = lens.zoo.load('gelu-4l')\nsae = lens.zoo.load_sae('gelu-4l-resid1-topk16')\n"
+    "report = lens.zoo.sae_info('gelu-4l-resid1-topk16')['eval']['metrics']\n"
+    "print(sae.hook_name, sae.d_in, '->', sae.d_sae, 'latents, k =', sae.cfg.k)\n"
+    "print({m: round(report[m], 3) for m in ('explained_variance', 'l0', 'ce_loss_score')})",
+    "## Attach it\nWith `use_error_term=True` the model computes what it computed before (the SAE's error is added "
+    "back), and every feature activation is in the cache under `{hook}.hook_sae_acts_post`.",
+    "prompt = 'class Point:\\n    def __init__(self, x, y):\\n        self.x = x\\n        self.y = y\\n\\n'\n"
+    "prompt += '    def norm(self):'\n"
+    "tokens = model.to_tokens(prompt)\n"
+    "with torch.no_grad():\n    plain = model(tokens)\n"
+    "    with model.saes([sae], use_error_term=True):\n"
+    "        spliced, cache = model.run_with_cache(tokens)\n"
+    "acts = cache[f'{sae.hook_name}.hook_sae_acts_post'][0]\n"
+    "print('max |logit difference| with the error term:', (spliced - plain).abs().max().item())\n"
+    "print('active features per token:', (acts > 0).sum(-1).float().mean().item())\n"
+    "assert torch.allclose(spliced, plain, atol=1e-4)",
+    "## Find a feature\nThe feature most active on the `:` that ends the last `def` line, where the model must "
+    "predict a newline.",
+    "pos = tokens.shape[1] - 1\nprint(repr(model.to_string(tokens[0, pos - 10 : pos + 1])))\n"
+    "feature = int(acts[pos].argmax())\n"
+    "print(f'feature {feature}: activation {acts[pos, feature]:.2f}; the 5 strongest here:',\n"
+    "      acts[pos].topk(5).indices.tolist())",
+    "## Its top-activating contexts\n`top_activations` streams held-out text through the model and keeps a running "
+    "top-k per feature (memory bounded by features x k, not by the corpus). The density comes from the same pass.",
+    "held_out = held_out_contexts(192)\n"
+    "top = F.top_activations(model, sae, held_out, k=12, context_window=(12, 2), batch_size=16)\n"
+    "print(f'feature {feature} fires on {top.density[feature]:.2%} of {top.total_tokens} held-out tokens')\n"
+    "before = top.context_window[0]  # the hit is at this index of each window; shown in [brackets]\n"
+    "for ex in top.examples(feature)[:8]:\n"
+    "    s = [F.visible(F.token_strings(model, [t])[0]) if t >= 0 else '' for t in ex['tokens']]\n"
+    "    print(f\"{ex['value']:6.2f}  {''.join(s[:before])}[{s[before]}]{''.join(s[before + 1:])}\")",
+    "F.density_histogram(top)",
+    "## Logit effects\nThe decoder direction read straight through the unembedding (`W_dec[f] @ W_U`): the tokens "
+    "this feature pushes up and down.",
+    "effects = F.logit_effects(model, sae, feature, k=8)\n"
+    "print('promotes:', [F.visible(s) for s in effects.top_strings])\n"
+    "print('suppresses:', [F.visible(s) for s in effects.bottom_strings])\n"
+    "promoted = int(effects.top_tokens[0])\n"
+    "F.logit_effects_figure(effects)",
+    "## Ablate it\nZero the feature wherever it fires (the error term stays, so nothing else changes) and measure "
+    "the log-probability of its most promoted token at those positions.",
+    "hook = f'{sae.hook_name}.hook_sae_acts_post'\n\n"
+    "def ablate(acts, hook):\n    acts[..., feature] = 0.0\n    return acts\n\n"
+    "with torch.no_grad(), model.saes([sae], use_error_term=True):\n"
+    "    _, c = model.run_with_cache(held_out[:64], names_filter=[hook])\n"
+    "    fires = c[hook][..., feature] > 0\n"
+    "    clean = model(held_out[:64]).log_softmax(-1)[..., promoted]\n"
+    "    ablated = model.run_with_hooks(held_out[:64], fwd_hooks=[(hook, ablate)]).log_softmax(-1)[..., promoted]\n"
+    "drop = (clean - ablated)[fires]\n"
+    "print(f'{int(fires.sum())} positions; log p({F.visible(effects.top_strings[0])!r}) falls by '\n"
+    "      f'{drop.mean():.3f} nats on average ({(drop > 0).float().mean():.0%} of them fall)')\n"
+    "untouched = (clean - ablated)[~fires].abs().max()\n"
+    "print(f'largest change where the feature is silent: {untouched:.2e} (later positions can still move)')\n"
+    "assert drop.mean() > 0",
+    "## Steer with it\nAdd the feature at every generated position (a hook on `hook_sae_acts_post` also acts inside "
+    "`generate`) and compare the continuation and the promoted token's probability.",
+    "steer_prompt = 'import os\\nimport sys\\n\\ndef main('\n"
+    "def steer(acts, hook):\n    acts[..., feature] += 4 * float(top.max_activation[feature])\n    return acts\n\n"
+    "with torch.no_grad(), model.saes([sae], use_error_term=True):\n"
+    "    before = model.generate(steer_prompt, max_new_tokens=40)\n"
+    "    p_before = model(steer_prompt).softmax(-1)[0, -1, promoted].item()\n"
+    "    with model.hooks(fwd_hooks=[(hook, steer)]):\n"
+    "        after = model.generate(steer_prompt, max_new_tokens=40)\n"
+    "        p_after = model(steer_prompt).softmax(-1)[0, -1, promoted].item()\n"
+    "print('plain:  ', repr(before[len(steer_prompt):]))\nprint('steered:', repr(after[len(steer_prompt):]))\n"
+    "print(f'p({F.visible(effects.top_strings[0])!r}) next: {p_before:.3f} -> {p_after:.3f}')\n"
+    "assert p_after > p_before",
+    "## The feature browser\nOne standalone HTML file per SAE (plotly embedded, works offline): a searchable list of "
+    "features, each with its contexts, logit effects and activation histogram.",
+    "out = Path(tempfile.mkdtemp()) / 'gelu-4l-resid1-topk16.html'\n"
+    "strongest = top.max_activation.topk(64).indices.tolist()\n"
+    "browse = F.top_activations(model, sae, held_out, features=sorted(set(strongest) | {feature}), k=12)\n"
+    "feature_browser(model, sae, None, out, result=browse)\n"
+    "print(out.name, f'{out.stat().st_size / 1e6:.2f} MB')",
+]
+
 NOTEBOOKS = {
     "01_activation_patching.ipynb": PATCHING,
     "02_induction_heads.ipynb": INDUCTION,
     "03_generation.ipynb": GENERATION,
+    "04_sae_features.ipynb": SAE_FEATURES,
 }
 
 

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lens.generation",),
     ("lens.loading", "lens.hub", "lens.placement", "lens.sae.loading"),
     ("lens.model",),
-    ("lens.tools", "lens.sae.evaluate"),
+    ("lens.tools", "lens.sae.evaluate", "lens.sae.features", "lens.sae.browser", "lens.store.sources"),
     # applications, and the old import paths kept as aliases (lens.patching -> lens.tools.patching, ...)
     # (lens.sae.train reads activation stores)
     ("lens", "lens.zoo", "lens.store", "lens.sae", "lens.sae.train", "lens.demo", "lens.repro", "lens.hook_reference",

@@ -15,10 +15,36 @@ Layers (tests/test_architecture.py): ``config``, ``modules``, ``formats``, ``att
 >>> cache["blocks.1.hook_resid_post.hook_sae_acts_post"].shape   # doctest: +SKIP
 """
 
+from lens.sae.browser import feature_browser
 from lens.sae.config import SAEConfig
 from lens.sae.evaluate import evaluate
+from lens.sae.features import (
+    LogitEffects,
+    TopActivations,
+    activation_histogram,
+    density_histogram,
+    feature_density,
+    logit_effects,
+    logit_effects_figure,
+    top_activations,
+)
 from lens.sae.loading import load
 from lens.sae.modules import SAE
 from lens.sae.train import train
 
-__all__ = ["SAE", "SAEConfig", "evaluate", "load", "train"]
+__all__ = [
+    "SAE",
+    "LogitEffects",
+    "SAEConfig",
+    "TopActivations",
+    "activation_histogram",
+    "density_histogram",
+    "evaluate",
+    "feature_browser",
+    "feature_density",
+    "load",
+    "logit_effects",
+    "logit_effects_figure",
+    "top_activations",
+    "train",
+]
