@@ -35,8 +35,11 @@ _D_MODEL = (
 _D_MLP = ("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")
 
 
-def _expected_width(model: Any, name: str) -> tuple[int, str] | None:
+def _expected_width(model: Any, name: str, reshape: str = "none") -> tuple[int, str] | None:
     cfg = model.cfg
+    if reshape == "hook_z" and name.endswith("attn.hook_z"):
+        n_heads = cfg.n_heads
+        return n_heads * cfg.d_head, f"n_heads * d_head = {n_heads} * {cfg.d_head}, the heads flattened"
     if name.endswith(_D_MLP) and getattr(cfg, "num_experts", None) is None:
         return cfg.d_mlp, "d_mlp"
     if name.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")):
@@ -58,6 +61,8 @@ class _Attachment:
 
     # -- the hooks --------------------------------------------------------------------------------
     def _check(self, x: torch.Tensor, name: str, width: int) -> None:
+        if self.sae.cfg.reshape_activations == "hook_z" and x.ndim >= 2:
+            x = x.flatten(-2)
         if x.shape[-1] != width:
             raise ValueError(
                 f"SAE {self.sae.cfg.hook_name!r} expects width {width} at {name!r}, but the activation there has "
@@ -92,6 +97,9 @@ class _Attachment:
                 f"{sae.cfg.hook_name!r} in this forward (hook_name must come first)"
             )
         recons, clean = got
+        if recons.shape != y.shape:  # a hook_z SAE's flat output, back to [..., n_heads, d_head]
+            recons = recons.reshape(y.shape)
+            clean = clean.reshape(y.shape) if clean is not None else None
         out = recons
         if clean is not None:
             with torch.no_grad():
@@ -146,7 +154,7 @@ class SAEAttachMixin:
                 )
             if ".hook_sae_" in name:
                 raise ValueError(f"SAE hook {name!r} is inside another SAE; attach SAEs to the model's own hooks")
-            expected = _expected_width(self, name)
+            expected = _expected_width(self, name, cfg.reshape_activations)
             if expected is not None and expected[0] != width:
                 raise ValueError(
                     f"SAE {what}={width} does not match hook {name!r}, whose activation has width {expected[0]} "

@@ -15,6 +15,7 @@ from typing import Any
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+RESHAPES = ("none", "hook_z")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -32,6 +33,9 @@ class SAEConfig:
     multiplied by ``sae.norm_scaling_factor``, chosen so the average input norm is ``sqrt(d_in)``, and the
     output divided by it); ``"constant_norm_rescale"`` (each input scaled to norm ``sqrt(d_in)``, the output
     scaled back); ``"layer_norm"`` (each input centred and divided by its std + 1e-5, the output un-done).
+    ``reshape_activations`` (SAELens's field): ``"none"``, or ``"hook_z"`` for an SAE on ``attn.hook_z`` with the
+    heads flattened: its input ``[..., n_heads, d_head]`` is read as ``[..., d_in = n_heads * d_head]`` and
+    ``forward`` / ``reconstruct`` give back the input's shape (``encode``'s hooks and ``decode`` see the flat form).
     ``metadata``: free-form (``model_name``, ``source``, ...), written to and read from cfg.json.
     """
 
@@ -44,6 +48,7 @@ class SAEConfig:
     k: int | None = None
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
+    reshape_activations: str = "none"
     dtype: str = "float32"
     device: str = "cpu"
     metadata: dict = field(default_factory=dict)
@@ -85,6 +90,15 @@ class SAEConfig:
         if self.normalize_activations not in NORMALIZATIONS:
             raise ValueError(
                 f"SAEConfig.normalize_activations must be one of {NORMALIZATIONS}, got {self.normalize_activations!r}"
+            )
+        if self.reshape_activations not in RESHAPES:
+            raise ValueError(
+                f"SAEConfig.reshape_activations must be one of {RESHAPES}, got {self.reshape_activations!r}"
+            )
+        if self.reshape_activations == "hook_z" and self.d_out != self.d_in:
+            raise ValueError(
+                f"SAEConfig.reshape_activations='hook_z' needs d_out == d_in (the output has the input's heads), "
+                f"got d_in={self.d_in}, d_out={self.d_out}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"SAEConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")

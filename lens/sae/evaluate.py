@@ -99,7 +99,8 @@ def evaluate(
         recon = sae.reconstruct(x_in).to(target.dtype)
         acts = sae.encode(x_in)
         k = keep.reshape(-1)
-        t, r = target.reshape(-1, target.shape[-1])[k].double(), recon.reshape(-1, recon.shape[-1])[k].double()
+        flat_t, flat_r = sae.flatten_input(target), sae.flatten_input(recon)  # hook_z SAEs: heads flattened
+        t, r = flat_t.reshape(-1, flat_t.shape[-1])[k].double(), flat_r.reshape(-1, flat_r.shape[-1])[k].double()
         a = acts.reshape(-1, acts.shape[-1])[k]
         sse += (t - r).pow(2).sum().item()
         sum_sq += t.pow(2).sum().item()

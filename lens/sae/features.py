@@ -211,7 +211,7 @@ def _check_hooks(model: Any, sae: Any) -> None:
             continue
         if name not in model.hook_dict:
             raise ValueError(f"the SAE's hook {name!r} is not a hook of the model ({model.cfg.n_layers} layers)")
-        expected = _expected_width(model, name)
+        expected = _expected_width(model, name, sae.cfg.reshape_activations)
         if expected is not None and expected[0] != width:
             raise ValueError(
                 f"the SAE's width {width} at {name!r} does not match the model's {expected[0]} ({expected[1]})"

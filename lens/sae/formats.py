@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
-from lens.sae.config import ARCHITECTURES, SAEConfig
+from lens.sae.config import ARCHITECTURES, RESHAPES, SAEConfig
 from lens.sae.modules import CFG_FILE, SAE, WEIGHTS_FILE
 
 NPZ_FILE = "params.npz"
-_DERIVED = {"hook_layer", "hook_head_index", "reshape_activations"}  # follow from the fields lens keeps
+_DERIVED = {"hook_layer", "hook_head_index"}  # follow from the fields lens keeps
 _KNOWN = {
     "architecture", "d_in", "d_sae", "hook_name", "hook_name_out", "d_out", "k", "apply_b_dec_to_input",
     "normalize_activations", "dtype", "device", "metadata", "meta", "activation_fn_str", "activation_fn_kwargs",
-    "norm_scaling_factor",
+    "norm_scaling_factor", "reshape_activations",
 }  # fmt: skip
 
 
@@ -94,11 +94,11 @@ def config_from_saelens(raw: dict[str, Any], where: str = "cfg.json", hook_name:
     name = hook_name or raw.get("hook_name") or meta.get("hook_name")
     if not name:
         raise ValueError(f"{where} lacks the required field 'hook_name' (top level or in 'metadata'); pass hook_name=")
-    if raw.get("reshape_activations", "none") not in ("none", None):
-        raise ValueError(
-            f"{where} field 'reshape_activations' is {raw['reshape_activations']!r}; lens reads 'none' only "
-            "(hook_z SAEs that flatten the heads are not supported)"
-        )
+    reshape = raw.get("reshape_activations") or "none"
+    if reshape not in RESHAPES:
+        raise ValueError(f"{where} field 'reshape_activations' is {reshape!r}; lens reads {RESHAPES}")
+    if "reshape_activations" not in raw and name.endswith("attn.hook_z") and raw.get("hook_head_index") is None:
+        reshape = "hook_z"  # SAELens < 6: an SAE on hook_z over all heads reads them flattened
     for key in ("hook_name", "hook_layer", "hook_name_out", "d_out"):  # lens keeps these as fields, not metadata
         meta.pop(key, None)
     extra = {key: value for key, value in raw.items() if key not in _KNOWN and key not in _DERIVED}
@@ -117,6 +117,7 @@ def config_from_saelens(raw: dict[str, Any], where: str = "cfg.json", hook_name:
         k=k,
         apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True),
         normalize_activations=raw.get("normalize_activations") or "none",
+        reshape_activations=reshape,
         dtype=dtype,
         device=str(raw.get("device", "cpu")),
         metadata=meta,
@@ -217,6 +218,7 @@ def _load_npz(file: Path, hook_name: str | None, device: Any, dtype: str | None)
         d_sae=int(d_sae),
         hook_name=name,
         apply_b_dec_to_input=False,
+        reshape_activations="hook_z" if name.endswith("attn.hook_z") else "none",  # the -att- releases
         metadata={"source": "gemma-scope", "path": str(file)},
     )
     return _fill(SAE(_override(cfg, device, dtype)), arrays, str(file))

@@ -168,7 +168,24 @@ class SAE(HookedRootModule):
         return y / state
 
     # -- the math ------------------------------------------------------------------------------------
+    def flatten_input(self, x: Tensor) -> Tensor:
+        """``x`` as the SAE reads it: a ``reshape_activations="hook_z"`` SAE's ``[..., n_heads, d_head]`` input
+        flattened to ``[..., d_in]`` (a flat input is kept); any other SAE's input unchanged.
+
+        >>> sae.flatten_input(torch.zeros(2, 5, 4, 16)).shape     # hook_z SAE, d_in = 4 * 16  # doctest: +SKIP
+        torch.Size([2, 5, 64])
+        """
+        if self.cfg.reshape_activations != "hook_z" or (x.shape[-1] == self.cfg.d_in and x.ndim >= 1):
+            return x
+        if x.ndim < 2 or x.shape[-2] * x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"a reshape_activations='hook_z' SAE reads [..., n_heads, d_head] with n_heads * d_head == "
+                f"d_in={self.cfg.d_in}, got shape {tuple(x.shape)}"
+            )
+        return x.flatten(-2)
+
     def _encode(self, x: Tensor, hooked: bool) -> tuple[Tensor, Any]:
+        x = self.flatten_input(x)
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"SAE input has width {x.shape[-1]} (shape {tuple(x.shape)}), but d_in={self.cfg.d_in}")
         hp = (lambda h, t: getattr(self, h)(t)) if hooked else (lambda h, t: t)
@@ -208,7 +225,7 @@ class SAE(HookedRootModule):
         if mode in ("constant_norm_rescale", "layer_norm"):
             if x is None:
                 raise ValueError(f"decode: normalize_activations={mode!r} needs the input: decode(feature_acts, x)")
-            state = self._norm_in(x.to(self.W_enc.dtype))[1]
+            state = self._norm_in(self.flatten_input(x).to(self.W_enc.dtype))[1]
         elif mode == "expected_average_only_in":
             state = self._norm_in(feature_acts.new_zeros(1, self.cfg.d_in))[1]
         return self._decode(feature_acts, state, True)
@@ -216,6 +233,7 @@ class SAE(HookedRootModule):
     def forward_parts(self, x: Tensor, use_error_term: bool | None = None) -> Tensor:
         """The hooked forward: the output (``hook_sae_output``), with the error term when asked."""
         use_error = self.use_error_term if use_error_term is None else use_error_term
+        shape, x = x.shape, self.flatten_input(x)
         acts, state = self._encode(x, True)
         out = self._decode(acts, state, True)
         if use_error:
@@ -224,7 +242,8 @@ class SAE(HookedRootModule):
                 clean = self._decode(a, s, False)
                 error = self.hook_sae_error(x.to(clean.dtype) - clean)
             out = out + error
-        return self.hook_sae_output(out)
+        out = self.hook_sae_output(out)
+        return out.reshape(shape) if self.cfg.reshape_activations == "hook_z" else out
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction of ``x`` (plus ``x - reconstruction`` when ``use_error_term``)."""
@@ -233,7 +252,8 @@ class SAE(HookedRootModule):
     def reconstruct(self, x: Tensor) -> Tensor:
         """The plain reconstruction, no hooks fired (what the SAE would write, for oracles and metrics)."""
         acts, state = self._encode(x, False)
-        return self._decode(acts, state, False)
+        out = self._decode(acts, state, False)
+        return out.reshape(x.shape) if self.cfg.reshape_activations == "hook_z" else out
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write SAELens's format to directory ``path`` (created): ``cfg.json`` (:meth:`saelens_cfg_dict`) and
@@ -266,7 +286,7 @@ class SAE(HookedRootModule):
             "device": c.device,
             "apply_b_dec_to_input": c.apply_b_dec_to_input,
             "normalize_activations": c.normalize_activations,
-            "reshape_activations": "none",
+            "reshape_activations": c.reshape_activations,
             "hook_name": c.hook_name,
             "hook_layer": layer if layer is not None else -1,
             "hook_head_index": None,

@@ -392,6 +392,7 @@ def train(
     cfg = SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae, hook_name=hook_name,
                     hook_name_out=hook_name_out, d_out=d_out, k=k if architecture == "topk" else None,
                     apply_b_dec_to_input=apply_b_dec_to_input, normalize_activations=normalize_activations,
+                    reshape_activations=data.reshape,
                     dtype=dtype, device=str(device),
                     metadata={"model_name": getattr(getattr(model, "cfg", None), "model_name", None)})  # fmt: skip
     sae = SAE(cfg, seed=seed)

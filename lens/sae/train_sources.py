@@ -10,6 +10,9 @@ itself for an SAE (the same tensor), the activation at ``hook_name_out`` for a t
 - :class:`ModelBatches`: contexts packed by :class:`lens.store.TokenSource`, run through the model with
   ``run_with_cache(names_filter=[hook_name(, hook_name_out)], stop_at_layer=...)``, the activations of
   ``buffer_contexts`` contexts shuffled together (seeded) and cut into batches;
+Activations of ``attn.hook_z`` (``[..., n_heads, d_head]``) are read with the heads flattened (``reshape =
+"hook_z"``, SAELens's ``reshape_activations``), so the SAE sees one row of ``n_heads * d_head`` per token.
+
 - :class:`TensorBatches`: a tensor ``[rows, d_in]`` (or a pair ``(x [rows, d_in], y [rows, d_out])``),
   permuted each epoch with a seeded generator.
 
@@ -47,6 +50,7 @@ class Batches:
 
     d_in: int | None = None
     d_out: int | None = None
+    reshape: str = "none"  # "hook_z": the rows are a hook_z activation's heads, flattened
     batch_size: int = 1
     describe: dict[str, Any] = {}
 
@@ -102,14 +106,19 @@ class StoreBatches(Batches):
             store, hook_name, hook_name_out, batch_size, seed,
         )  # fmt: skip
         widths = []
+        self.flat = set()
         for h in [hook_name] if hook_name_out is None else [hook_name, hook_name_out]:
             shape = tuple(store[h].shape[1:])
+            if len(shape) == 2 and h.endswith("attn.hook_z"):
+                self.flat.add(h)
+                shape = (shape[0] * shape[1],)
             if len(shape) != 1:
                 raise ValueError(f"hook {h!r} has rows of shape {shape} in the store; an SAE reads 1-d rows")
             widths.append(shape[0])
         if len(store) < batch_size:
             raise ValueError(f"batch_size={batch_size} exceeds the {len(store)} rows of the store")
         self.d_in, self.d_out = widths[0], widths[-1]
+        self.reshape = "hook_z" if hook_name in self.flat else "none"
         self.describe = {"kind": "store", "folder": str(getattr(store, "folder", "")), "rows": len(store)}
 
     def epoch(self, epoch, skip):
@@ -119,8 +128,10 @@ class StoreBatches(Batches):
         stream.set_epoch(epoch)
         for i, batch in enumerate(stream):
             if i >= skip:
-                x = batch[self.hook]
-                yield x, (x if self.hook_out is None else batch[self.hook_out])
+                x, y = (
+                    batch[h].flatten(1) if h in self.flat else batch[h] for h in (self.hook, self.hook_out or self.hook)
+                )
+                yield x, (x if self.hook_out is None else y)
 
 
 class ModelBatches(Batches):
@@ -137,7 +148,9 @@ class ModelBatches(Batches):
         probe = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
         with torch.no_grad():
             _, cache = model.run_with_cache(probe, names_filter=self.hooks, stop_at_layer=self.stop)
-        self.d_in, self.d_out = cache[self.hooks[0]].shape[-1], cache[self.hooks[-1]].shape[-1]
+        acts = [cache[h].flatten(2) if cache[h].ndim == 4 else cache[h] for h in self.hooks]  # hook_z: heads flat
+        self.d_in, self.d_out = acts[0].shape[-1], acts[-1].shape[-1]
+        self.reshape = "hook_z" if cache[self.hooks[0]].ndim == 4 and hook_name.endswith("attn.hook_z") else "none"
 
     def _acts(self, contexts: list) -> list[Tensor]:
         out: list[list[Tensor]] = [[] for _ in self.hooks]
@@ -147,6 +160,7 @@ class ModelBatches(Batches):
                 _, cache = self.model.run_with_cache(ids, names_filter=self.hooks, stop_at_layer=self.stop)
             for i, h in enumerate(self.hooks):
                 a = cache[h][:, 1:] if self.drop_first else cache[h]
+                a = a.flatten(2) if a.ndim == 4 else a  # hook_z: one row of n_heads * d_head per token
                 out[i].append(a.reshape(-1, a.shape[-1]))
         return [torch.cat(o) for o in out]
 
