@@ -143,3 +143,15 @@ def test_trained_on_hook_z_it_reads_the_heads_flat(model, tmp_path):
         _, cache = model.run_with_cache(model.to_tokens(docs[0])[:, :16])
     assert cache[f"{HOOK}.hook_sae_acts_post"].shape[-1] == 64
     assert ((cache[f"{HOOK}.hook_sae_acts_post"] > 0).sum(-1) <= 8).all()
+
+
+def test_trained_from_a_store_of_hook_z_rows(model, tmp_path):
+    import lens.store
+
+    docs = [f"class C{i}:\n    pass\n" * 4 for i in range(8)]
+    folder = lens.store.harvest(model, docs, hooks=[HOOK], context_size=16, batch_size=4, out_dir=tmp_path / "s",
+                                progress=False)  # fmt: skip
+    store = lens.store.open(folder)
+    assert tuple(store[HOOK].shape[1:]) == (model.cfg.n_heads, model.cfg.d_head)
+    sae = lens.sae.train(store, HOOK, 32, "topk", 4, steps=3, batch_size=16, progress=False)
+    assert sae.cfg.reshape_activations == "hook_z" and sae.d_in == width(model)
