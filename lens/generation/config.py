@@ -57,7 +57,8 @@ class GenerationConfig:
         prepend_bos, padding_side: how string prompts are tokenized (right padding is moved left).
         seed: seeds a private ``torch.Generator`` for sampling (the global RNG is left alone).
         use_past_kv_cache: False recomputes the whole sequence each step (same logits, slower).
-        kv_cache_dtype: None (the model's dtype) or ``"int8"``.
+        kv_cache_dtype: None (the model's dtype), ``"int8"`` or ``"int4"`` (grouped float16 scales; the model's
+            ``d_head`` must be even and a multiple of ``min(32, d_head)``, checked when the cache is allocated).
         return_type: ``"input"`` (same kind as the prompt), ``"str"`` or ``"tokens"``.
         output_logprobs: also return each generated token's log-probability.
         return_cache, names_filter: also return an ``ActivationCache`` of the hooks ``names_filter``

@@ -1,4 +1,4 @@
-"""A preallocated key/value cache for fast autoregressive decoding, optionally stored as int8.
+"""A preallocated key/value cache for fast autoregressive decoding, optionally stored as int8 or int4.
 
 :class:`KVCache` allocates, once, ``[batch, n_key_value_heads, length, d_head]`` keys and values per
 layer (``length`` = prompt + new tokens) and writes each step's keys in place, so a decode step never
@@ -20,8 +20,10 @@ It implements the protocol ``HookedTransformer.forward(..., past_kv_cache=cache)
 
 ``kv_cache_dtype="int8"`` stores keys and values as int8 with one float32 scale per token and head
 (symmetric, ``scale = max|x| / 127``): ``(1 + 4 / d_head) / 4`` of the fp32 memory, 0.27x at
-``d_head=64``. The tokens of the current forward attend to their own keys at full precision; older
-keys are dequantized.
+``d_head=64``. ``kv_cache_dtype="int4"`` packs two values per byte with one float16 scale per group of 32
+values along ``d_head`` (or ``d_head`` when smaller): ``1/8 + 1/(2G)`` of the fp32 memory, 0.14x at
+``d_head=64`` (:mod:`lens.generation.kv_quant`). The tokens of the current forward attend to their own keys
+at full precision; older keys are dequantized.
 
 >>> cache = KVCache(model.cfg, batch=1, max_len=20)
 >>> logits = model(prompt_tokens, past_kv_cache=cache)          # prefill: cache.offset == 5
@@ -35,44 +37,53 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lens.config import TransformerConfig
+from lens.generation.kv_quant import INT4_GROUP, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from lens.generation.kv_quant import int4_group as int4_group_size
 
-KV_CACHE_DTYPES = (None, "int8")
-
-
-def quantize_int8(x: Float[Tensor, "... d"]) -> tuple[Int[Tensor, "... d"], Float[Tensor, "... 1"]]:
-    """Symmetric per-row int8 quantization: ``x ~= q * scale`` with ``scale = max|x| / 127`` (float32).
-
-    >>> q, s = quantize_int8(torch.tensor([[1.0, -0.5, 0.25]]))
-    >>> q.tolist(), round(s.item() * 127, 6)
-    ([[127, -64, 32]], 1.0)
-    """
-    x32 = x.float()
-    scale = x32.abs().amax(-1, keepdim=True).div_(127.0).clamp_min_(torch.finfo(torch.float32).tiny)
-    return torch.round(x32 / scale).clamp_(-127, 127).to(torch.int8), scale
+KV_CACHE_DTYPES = (None, "int8", "int4")
 
 
 class _LayerStore:
-    """One layer's keys and values, ``[batch, kv_head, size, d_head]`` (int8 + scales when quantized)."""
+    """One layer's keys and values, ``[batch, kv_head, size, d_head]``.
 
-    def __init__(self, shape: tuple[int, ...], size: int, ring: bool, dtype, device, quantized: bool):
-        self.size, self.ring, self.dtype, self.quantized = size, ring, dtype, quantized
-        if quantized:
-            self.k = torch.zeros(shape, dtype=torch.int8, device=device)
-            self.v = torch.zeros(shape, dtype=torch.int8, device=device)
-            self.k_scale = torch.zeros(*shape[:-1], 1, dtype=torch.float32, device=device)
-            self.v_scale = torch.zeros(*shape[:-1], 1, dtype=torch.float32, device=device)
+    ``bits`` 0 stores them in ``dtype``; 8 as int8 + a float32 scale per row; 4 as ``d_head / 2`` bytes of packed
+    nibbles + a float16 scale per ``group`` values (:mod:`lens.generation.kv_quant`).
+    """
+
+    def __init__(self, shape: tuple[int, ...], size: int, ring: bool, dtype, device, bits: int = 0, group: int = 0):
+        self.size, self.ring, self.dtype, self.bits, self.group = size, ring, dtype, bits, group
+        *lead, d_head = shape
+        if bits == 8:
+            data, scale = (shape, torch.int8), ((*lead, 1), torch.float32)
+        elif bits == 4:
+            data, scale = ((*lead, d_head // 2), torch.uint8), ((*lead, d_head // group), torch.float16)
         else:
-            self.k = torch.zeros(shape, dtype=dtype, device=device)
-            self.v = torch.zeros(shape, dtype=dtype, device=device)
+            data, scale = (shape, dtype), None
+        self.k = torch.zeros(data[0], dtype=data[1], device=device)
+        self.v = torch.zeros(data[0], dtype=data[1], device=device)
+        if scale is not None:
+            self.k_scale = torch.zeros(scale[0], dtype=scale[1], device=device)
+            self.v_scale = torch.zeros(scale[0], dtype=scale[1], device=device)
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits != 0
 
     def tensors(self) -> list[str]:
-        return ["k", "v", "k_scale", "v_scale"] if self.quantized else ["k", "v"]
+        return ["k", "v", "k_scale", "v_scale"] if self.bits else ["k", "v"]
+
+    def _quantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return quantize_int8(x) if self.bits == 8 else quantize_int4(x, self.group)
+
+    def _dequantize(self, q: Tensor, scale: Tensor) -> Tensor:
+        if self.bits == 8:
+            return dequantize_int8(q, scale, self.dtype)
+        return dequantize_int4(q, scale, self.group, self.dtype)
 
     def write(self, idx: slice | Tensor, k: Tensor, v: Tensor) -> None:
         """Store ``k``/``v`` ``[b, kv, n, dh]`` at slots ``idx``."""
-        if self.quantized:
-            kq, ks = quantize_int8(k)
-            vq, vs = quantize_int8(v)
+        if self.bits:
+            (kq, ks), (vq, vs) = self._quantize(k), self._quantize(v)
             self.k[:, :, idx], self.k_scale[:, :, idx] = kq, ks
             self.v[:, :, idx], self.v_scale[:, :, idx] = vq, vs
         else:
@@ -81,10 +92,10 @@ class _LayerStore:
 
     def read(self, idx: slice | Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values at slots ``idx`` in the model dtype (views when not quantized)."""
-        if not self.quantized:
+        if not self.bits:
             return self.k[:, :, idx], self.v[:, :, idx]
-        k = (self.k[:, :, idx].to(torch.float32) * self.k_scale[:, :, idx]).to(self.dtype)
-        v = (self.v[:, :, idx].to(torch.float32) * self.v_scale[:, :, idx]).to(self.dtype)
+        k = self._dequantize(self.k[:, :, idx], self.k_scale[:, :, idx])
+        v = self._dequantize(self.v[:, :, idx], self.v_scale[:, :, idx])
         return k, v
 
 
@@ -97,12 +108,14 @@ class KVCache:
         max_len: positions to hold (prompt + new tokens); writing beyond raises ``ValueError``.
         dtype / device: of the buffers (default ``cfg.dtype`` / ``cfg.device``); ``device`` also holds the
             padding mask and positions (the embedding's device).
-        kv_cache_dtype: None (the model dtype) or ``"int8"``.
+        kv_cache_dtype: None (the model dtype), ``"int8"`` or ``"int4"`` (:mod:`lens.generation.kv_quant`).
         layer_devices: one device per layer for a model placed on several devices (each layer's keys and values
             live where that layer computes: ``model.block_devices()``); default ``device`` for all.
         spare: extra slots in each sliding-window ring buffer (``window + spare``), so that up to ``spare + 1``
             positions written speculatively can be rolled back with :meth:`truncate` without having overwritten
             a key still inside the window (speculative decoding allocates its largest proposal length).
+        int4_group: values per int4 scale along ``d_head`` (``min(int4_group, d_head)``; ``d_head`` must be even and
+            a multiple of it, else ``ValueError``).
 
     Attributes:
         offset: positions written so far (the next token's index in the sequence).
@@ -124,9 +137,12 @@ class KVCache:
         kv_cache_dtype: str | None = None,
         layer_devices: list[torch.device] | None = None,
         spare: int = 0,
+        int4_group: int = INT4_GROUP,
     ):
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
+        bits = {None: 0, "int8": 8, "int4": 4}[kv_cache_dtype]
+        group = int4_group_size(cfg.d_head, int4_group) if bits == 4 else 0  # ValueError when d_head cannot pack
         for name, value in (("batch", batch), ("max_len", max_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -151,9 +167,7 @@ class KVCache:
             size = window + spare if ring else max_len
             if ring:
                 self._windows[window] = size
-            store = _LayerStore(
-                (*shape_kv, size, cfg.d_head), size, ring, self.dtype, devices[i], kv_cache_dtype == "int8"
-            )
+            store = _LayerStore((*shape_kv, size, cfg.d_head), size, ring, self.dtype, devices[i], bits, group)
             self.layers.append(store)
         self._key_mask: Bool[Tensor, "batch max_len"] | None = None  # allocated on the first padding
         self._next_pos: Int[Tensor, " batch"] | None = None  # per-row position counters (with padding)
@@ -161,18 +175,21 @@ class KVCache:
         self._pending: int | None = None
 
     @classmethod
-    def for_model(cls, model, batch: int, max_len: int, kv_cache_dtype: str | None = None, spare: int = 0) -> KVCache:
+    def for_model(
+        cls, model, batch: int, max_len: int, kv_cache_dtype: str | None = None, spare: int = 0,
+        int4_group: int = INT4_GROUP,
+    ) -> KVCache:  # fmt: skip
         """A cache matching ``model``'s config, dtype and device (each layer's on its block's device)."""
         w = model.embed.weight
         layers = model.block_devices() if getattr(model, "placement", None) is not None else None
         return cls(
             model.cfg, batch, max_len, dtype=w.dtype, device=w.device, kv_cache_dtype=kv_cache_dtype,
-            layer_devices=layers, spare=spare,
+            layer_devices=layers, spare=spare, int4_group=int4_group,
         )  # fmt: skip
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the key/value buffers (and int8 scales)."""
+        """Bytes held by the key/value buffers (and the int8 / int4 scales)."""
         return sum(getattr(s, n).nbytes for s in self.layers for n in s.tensors())
 
     def __repr__(self) -> str:

@@ -39,7 +39,7 @@ BAD = [
     (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be an int"),
     (dict(return_type="logits"), ValueError, "return_type must be one of"),
     (dict(padding_side="middle"), ValueError, "padding_side"),
-    (dict(kv_cache_dtype="int4"), ValueError, "kv_cache_dtype must be one of"),
+    (dict(kv_cache_dtype="fp8"), ValueError, "kv_cache_dtype must be one of"),
     (dict(kv_cache_dtype="int8", use_past_kv_cache=False), ValueError, "needs use_past_kv_cache=True"),
     (dict(eos_token_id=300), ValueError, "eos_token_id 300 is outside the vocabulary"),
     (dict(eos_token_id=[]), TypeError, "eos_token_id must be an int or a non-empty list"),

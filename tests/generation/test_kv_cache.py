@@ -134,7 +134,7 @@ def test_reorder_selects_rows():
 def test_bad_cache_arguments():
     _, model = pair("GPT2LMHeadModel")
     with pytest.raises(ValueError, match="kv_cache_dtype"):
-        KVCache.for_model(model, 1, 4, kv_cache_dtype="int4")
+        KVCache.for_model(model, 1, 4, kv_cache_dtype="int2")
     with pytest.raises(ValueError, match="max_len must be a positive int"):
         KVCache.for_model(model, 1, 0)
     cache = KVCache.for_model(model, 1, 4)
