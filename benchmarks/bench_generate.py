@@ -17,7 +17,10 @@ Also reported, for the current code only:
   decoder that streams those weights can be faster on this machine, so ``HF time / floor`` bounds the
   speed-up over HF;
 - that lens and HF emit the same tokens, and the int8 KV cache's memory and max logit difference vs the
-  fp32 cache (both teacher-forced on the same tokens).
+  fp32 cache (both teacher-forced on the same tokens);
+- speculative decoding (prompt lookup, draft models) on a code-continuation workload against lens's own
+  plain greedy decoding: speed-up, identical tokens, acceptance, bandwidth fraction
+  (:mod:`benchmarks._speculative`).
 
 ``--baseline REF`` also measures lens at git revision REF (e.g. ``bf4e6f3``) in the same run: REF is
 checked out with ``git worktree`` into a temporary directory (removed afterwards) and runs in a worker
@@ -33,9 +36,11 @@ Run (from the repository root)::
     .venv/bin/python -m benchmarks.bench_generate                       # current code vs HF
     .venv/bin/python -m benchmarks.bench_generate --baseline bf4e6f3    # ... and vs lens at bf4e6f3
     .venv/bin/python -m benchmarks.bench_generate --quick --baseline bf4e6f3   # smoke test
+    .venv/bin/python -m benchmarks.bench_generate --speculative-only           # just speculative decoding
 
 Options: ``--rounds N`` (default 5), ``--new-tokens N`` (default 128), ``--threads N`` (default: torch's
-choice; the baseline worker uses the same), ``--quick`` (16 tokens, one round; numbers not meaningful).
+choice; the baseline worker uses the same), ``--quick`` (16 tokens, one round; numbers not meaningful),
+``--no-speculative`` / ``--speculative-only`` (skip / run only the speculative workloads).
 """
 
 from __future__ import annotations
@@ -250,6 +255,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=NEW, help=f"greedy tokens per call (default {NEW})")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--baseline", metavar="REF", default=None, help="also measure lens at git revision REF")
+    ap.add_argument("--no-speculative", action="store_true", help="skip the speculative decoding workloads")
+    ap.add_argument("--speculative-only", action="store_true", help="run only the speculative decoding workloads")
     ap.add_argument("--tl-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--side-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -263,6 +270,18 @@ def main() -> None:
         from benchmarks._common import serve_side
 
         serve_side(lambda: GenerateSide(new))
+        return
+
+    from benchmarks._speculative import print_speculative, speculative_report
+
+    if args.speculative_only:
+        read, read_bytes = read_kernel()
+        read()
+        bw = read_bytes / statistics.median(_timed(read)[0] for _ in range(3))
+        spec = speculative_report(rounds, args.quick, bw)
+        print(f"read bandwidth {bw / 1e9:.1f} GB/s")
+        print_speculative(spec)
+        print(json.dumps({"threads": torch.get_num_threads(), "read_bandwidth_GBps": bw / 1e9, "speculative": spec}))
         return
 
     import contextlib
@@ -366,7 +385,12 @@ def main() -> None:
                 "note": "own process, vs that interpreter's HF generate",
             }  # fmt: skip
 
+    if not args.no_speculative:
+        bw = report["batch1"]["read_bandwidth_GBps"]["wall"] * 1e9
+        report["speculative"] = speculative_report(rounds, args.quick, bw)
     print_report(report)
+    if "speculative" in report:
+        print_speculative(report["speculative"])
     print(json.dumps(report))
 
 

@@ -96,6 +96,23 @@ def test_int8_cache(arch):
         assert (chosen >= exact.amax(-1) - 0.2).all(), kw
 
 
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "GPT2LMHeadModel"])
+def test_int4_cache(arch):
+    """As with int8: every token speculative int4 decoding picks is, on the exact (uncached) logits of the
+    output, the argmax or within int4's error of it (< 1.0 on these models: test_kv_cache_int4.py)."""
+    _, model = pair(arch)
+    tokens, mask = repeating_batch()
+    full_mask = torch.cat((mask, mask.new_ones(3, N_NEW)), 1)
+    for kw in (dict(prompt_lookup_num_tokens=3), dict(assistant_model=model, num_assistant_tokens=3)):
+        out = model.generate(tokens, N_NEW, attention_mask=mask, stop_at_eos=False, kv_cache_dtype="int4",
+                             return_stats=True, **kw)  # fmt: skip
+        assert out.stats.accepted > 0
+        exact = model(out.output, attention_mask=full_mask)[:, 11:-1].float()
+        gap = exact.amax(-1) - exact.gather(2, out.output[:, 12:, None]).squeeze(2)
+        assert gap.max() < 1.0, (kw, gap)
+        assert (gap == 0).float().mean() >= 0.75, kw
+
+
 @pytest.mark.parametrize("max_new", [1, 2, 3, 5, 9])
 def test_max_new_tokens_is_exact(max_new):
     _, model = pair("LlamaForCausalLM")
