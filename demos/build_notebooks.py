@@ -129,6 +129,37 @@ GENERATION = [
     "batch = model.generate(prompts, max_new_tokens=16)\n"
     "alone = [model.generate(p, max_new_tokens=16) for p in prompts]\n"
     "print(batch)\nassert batch == alone",
+    "## Token trace\n`output_trace=True` returns, for each generated position, the chosen token and its "
+    "probability, and the `trace_top_k` most likely tokens with their probabilities before and after the "
+    "sampler's filters (0 where a filter removed the token). `lens.plot.generation_trace` draws one row as a "
+    "token-by-step heatmap: the chosen token on top, the alternatives by rank below.",
+    "from lens import plot\n\n"
+    "out = model.generate('def ', max_new_tokens=16, do_sample=True, temperature=0.8, top_k=5, seed=1,\n"
+    "                     output_trace=True, trace_top_k=8)\n"
+    "trace = out.trace\n"
+    "print(repr(out.output), tuple(trace.top_ids.shape))  # [batch, step, k]\n"
+    "step = 2\n"
+    "for i, before, after in zip(trace.top_ids[0, step].tolist(), trace.top_probs_raw[0, step].tolist(),\n"
+    "                            trace.top_probs[0, step].tolist()):\n"
+    "    print(f'{model.tokenizer.decode([i])!r:>8}  before the filters {before:.3f}  after {after:.3f}')\n"
+    "assert (trace.top_probs[..., 5:] == 0).all()  # top-k 5 removed every token past rank 5\n"
+    "plot.generation_trace(trace, model, title='sampled with top_k=5: probabilities after the filters')",
+    "## Speculative decoding and the trace\n`prompt_lookup_num_tokens` proposes the tokens that followed an "
+    "earlier occurrence of the last n-gram; the model verifies them several at a time. Greedy output is plain "
+    "greedy decoding's, in fewer forwards (`return_stats=True`); the trace marks each proposal as accepted "
+    "(circle) or rejected (cross).",
+    "prompt = 'import os\\nimport sys\\nimport os\\nimport '\n"
+    "plain = model.generate(prompt, max_new_tokens=30, return_stats=True, output_trace=True)\n"
+    "spec = model.generate(prompt, max_new_tokens=30, prompt_lookup_num_tokens=5, return_stats=True, "
+    "output_trace=True)\n"
+    "assert spec.output == plain.output and torch.equal(spec.trace.tokens, plain.trace.tokens)\n"
+    "print(repr(spec.output))\n"
+    "print(spec.stats)\n"
+    "accepted = spec.trace.accepted[0]\n"
+    "assert (spec.trace.proposed[0, accepted] == spec.trace.tokens[0, accepted]).all()\n"
+    "print(f'{int(accepted.sum())} output tokens were accepted proposals; '\n"
+    "      f'{spec.stats.forwards} forwards instead of {plain.stats.forwards}')\n"
+    "plot.generation_trace(spec.trace, model, title='prompt lookup: proposals accepted and rejected')",
     "## Hooks during generation\nHooks set with `model.hooks(...)` fire on every step: the prompt pass with "
     "the whole prompt, then `pos = 1` per decode step.",
     "shapes = []\n"

@@ -85,7 +85,20 @@ def all_figures() -> list:
         plot.patching_heatmap(torch.randn(2, 4, generator=g), toks, title="patching"),
         plot.logit_lens([["a", "b"], ["c", "d"]], torch.rand(2, 2, generator=g), ["<bos>", "x"], title="logit lens"),
         plot.logit_attribution_line(torch.randn(3, generator=g), ["embed", "0_attn_out", "0_mlp_out"], title="attr"),
+        generation_trace_figure(),
     ]
+
+
+def generation_trace_figure():
+    """A real trace: the embedded zoo model with prompt lookup (accepted and rejected proposals are marked)."""
+    from lens import zoo
+
+    model = zoo.load("attn-only-2l")
+    out = model.generate("import os\nimport sys\nimport os\nimport ", 12, prompt_lookup_num_tokens=5, output_trace=True,
+                         trace_top_k=4)  # fmt: skip
+    fig = plot.generation_trace(out.trace, model, title="generation trace")
+    assert {t.name for t in fig.data} >= {"proposal accepted", "proposal rejected"}  # every marker kind is drawn
+    return fig
 
 
 def test_every_figure_kind_renders_standalone(browser, tmp_path):

@@ -218,3 +218,107 @@ def test_html_exports_are_deterministic(tmp_path):
     assert plot.figures_to_html([a, a, b], tmp_path / "s.html").read_bytes() == report
     ids = {plot.figure_id(a, "0"), plot.figure_id(a, "1"), plot.figure_id(b, "2")}
     assert len(ids) == 3 and all(i.encode() in report for i in ids)  # a figure shown twice: two distinct divs
+
+
+# ----------------------------------------------------------------------------- generation traces
+
+
+def _trace():
+    """Two rows, four steps, k=3: row 0 has an accepted and a rejected proposal, a chosen token outside the
+    top 3 (step 2) and an EOS at step 2 (step 3 is after it)."""
+    from lens.generation.trace import GenerationTrace
+
+    top_ids = torch.tensor([[[104, 105, 32], [33, 104, 10], [60, 62, 38], [0, 0, 0]], [[104, 97, 98]] * 4])
+    raw = torch.tensor([[[0.5, 0.3, 0.1], [0.6, 0.2, 0.1], [0.4, 0.3, 0.2], [0.0, 0.0, 0.0]], [[0.7, 0.2, 0.1]] * 4])
+    after = torch.tensor([[[0.6, 0.4, 0.0], [0.8, 0.2, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]], [[0.8, 0.2, 0.0]] * 4])
+    return GenerationTrace(
+        tokens=torch.tensor([[105, 33, 2, 0], [104] * 4]),
+        token_probs=torch.tensor([[0.4, 0.8, 0.05, 0.0], [0.8] * 4]),
+        top_ids=top_ids,
+        top_probs_raw=raw,
+        top_probs=after,
+        proposed=torch.tensor([[-1, 33, 7, -1], [-1, -1, -1, -1]]),
+        accepted=torch.tensor([[False, True, False, False], [False] * 4]),
+        live=torch.tensor([[True, True, True, False], [True] * 4]),
+    )
+
+
+def plot_tokenizer():
+    from lens import Tokenizer
+
+    return Tokenizer.byte_level()
+
+
+def _decode(i: int) -> str:
+    """A cell's label: the token decoded alone, HTML-escaped, spaces shown as "␣"."""
+    return plot._clean(plot_tokenizer().decode([i])).replace(" ", "\u2423") or "\u2205"
+
+
+@pytest.mark.parametrize("which", ["after", "raw"])
+def test_generation_trace_heatmap_matches_the_trace(which):
+    tr = _trace()
+    fig = plot.generation_trace(tr, plot_tokenizer(), which=which, title="trace")
+    heat = fig.data[0]
+    z = _z(heat)
+    assert z.shape == (4, 4)  # the chosen row, then ranks 1..3; one column per step
+    probs = (tr.top_probs if which == "after" else tr.top_probs_raw)[0].T.numpy()
+    np.testing.assert_allclose(z[1:, :3], probs[:, :3], rtol=1e-6)
+    chosen = tr.token_probs[0, :3].numpy() if which == "after" else [0.3, 0.6, np.nan]  # raw: from its rank
+    np.testing.assert_allclose(z[0, :3], chosen, rtol=1e-6)  # step 2's token is outside the top 3: no raw prob
+    assert np.isnan(z[:, 3]).all()  # after the EOS: blank
+    text = [list(r) for r in heat.text]
+    assert [r[:3] for r in text[1:]] == [[_decode(int(i)) for i in tr.top_ids[0, :3, y]] for y in range(3)]
+    assert text[0][:3] == [_decode(int(t)) for t in tr.tokens[0, :3]] and text[0][3] == ""
+    assert text[1][0] == "h" and text[3][0] == "\u2423"  # a space is made visible
+    assert "p before filters: 0.3000" in heat.hovertext[0][0] and "p after filters: 0.4000" in heat.hovertext[0][0]
+    assert "outside top-k" in heat.hovertext[0][2]
+    assert list(fig.layout.yaxis.ticktext) == ["chosen", "1", "2", "3"] and fig.layout.title.text == "trace"
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0)
+    marks = {t.name: t for t in fig.data[1:]}
+    assert set(marks) == {"chosen", "proposal accepted", "proposal rejected"}
+    assert list(marks["chosen"].x) == [0, 1] and list(marks["chosen"].y) == [2, 1]  # ranks of the chosen tokens
+    accepted, rejected = marks["proposal accepted"], marks["proposal rejected"]
+    assert [round(x) for x in accepted.x] == [1] and list(accepted.text) == ["step 1: proposed ! (accepted)"]
+    assert [round(x) for x in rejected.x] == [2]
+    assert list(rejected.text) == [f"step 2: proposed {_decode(7)} (rejected)"]
+
+
+def test_generation_trace_rows_ids_and_no_proposals():
+    tr = _trace()
+    fig = plot.generation_trace(tr, row=1)  # no tokenizer: ids
+    heat = fig.data[0]
+    np.testing.assert_allclose(_z(heat)[1:], tr.top_probs[1].T.numpy(), rtol=1e-6)
+    assert list(heat.text[1]) == ["104"] * 4 and list(heat.text[0]) == ["104"] * 4
+    assert [t.name for t in fig.data] == ["trace", "chosen"]  # no speculative markers without proposals
+
+
+def test_generation_trace_of_a_real_generation():
+    import lens
+
+    cfg = lens.TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=259, n_ctx=32)
+    model = lens.HookedTransformer(cfg, tokenizer=lens.Tokenizer.byte_level(), seed=0).eval()
+    out = model.generate("abab", 6, stop_at_eos=False, output_trace=True, trace_top_k=4, prompt_lookup_num_tokens=2)
+    fig = plot.generation_trace(out.trace, model)  # a model: its tokenizer decodes
+    heat = fig.data[0]
+    np.testing.assert_allclose(_z(heat)[1:], out.trace.top_probs[0].T.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(_z(heat)[0], out.trace.token_probs[0].numpy(), rtol=1e-6)
+    assert list(heat.text[0]) == [_decode(int(t)) for t in out.trace.tokens[0]]
+    assert list(fig.data[1].x) == list(range(6)) and list(fig.data[1].y) == [1] * 6  # greedy: rank 1
+
+
+def test_generation_trace_bad_inputs():
+    tr = _trace()
+    with pytest.raises(ValueError, match="row 2 out of range for a trace of 2 row"):
+        plot.generation_trace(tr, row=2)
+    with pytest.raises(ValueError, match="row -1 out of range"):
+        plot.generation_trace(tr, row=-1)
+    with pytest.raises(ValueError, match="which must be 'after' or 'raw', got 'before'"):
+        plot.generation_trace(tr, which="before")
+    with pytest.raises(ValueError, match="model_or_tokenizer must be a tokenizer"):
+        plot.generation_trace(tr, object())
+    with pytest.raises(TypeError, match="trace must be a GenerationTrace"):
+        plot.generation_trace(torch.zeros(2, 3))
+    from lens.generation.trace import TraceRecorder
+
+    with pytest.raises(ValueError, match="no steps"):
+        plot.generation_trace(TraceRecorder(3, 1, 10).finish())

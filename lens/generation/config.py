@@ -76,7 +76,8 @@ class GenerationConfig:
             forwards) as ``.stats`` of the output.
         output_trace, trace_top_k: also return a per-step :class:`~lens.generation.trace.GenerationTrace`
             (chosen token, its probability, the ``trace_top_k`` most likely alternatives before and after the
-            sampler's filters, proposals) as ``.trace`` of the output.
+            sampler's filters, proposals) as ``.trace`` of the output (not with beams; ``max_new_tokens=0``
+            gives a trace of ``steps = 0``).
     """
 
     max_new_tokens: int | None = None
@@ -187,6 +188,8 @@ class GenerationConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         set_("trace_top_k", int_arg("trace_top_k", self.trace_top_k, 1))
+        if self.output_trace and self.num_beams > 1:
+            raise ValueError(f"output_trace=True is not supported with beam search (num_beams={self.num_beams})")
         set_("max_matching_ngram_size", int_arg("max_matching_ngram_size", self.max_matching_ngram_size, 1))
         set_("num_assistant_tokens", int_arg("num_assistant_tokens", self.num_assistant_tokens, 1))
         if self.num_assistant_tokens_schedule not in ASSISTANT_SCHEDULES:

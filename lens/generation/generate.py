@@ -114,7 +114,7 @@ def generate(model: Any, input: Any, config: GenerationConfig, attention_mask: T
     if not (config.output_logprobs or config.return_cache or config.return_stats or config.output_trace):
         return output
     stats = _stats(run) if config.return_stats and run is not None else None
-    trace = run.trace.finish() if run is not None and run.trace is not None and run.trace.columns else None
+    trace = run.trace.finish() if run is not None and run.trace is not None else None  # steps = 0 when max_new = 0
     return GenerationOutput(output, logprobs, recorder.finish() if recorder is not None else None, stats, trace)
 
 
@@ -158,9 +158,9 @@ class GenerationStream:
 
     @property
     def trace(self) -> GenerationTrace | None:
-        """The per-step trace so far (with ``output_trace=True``; else None)."""
-        columns = self.run.trace is not None and self.run.trace.columns
-        return self.run.trace.finish() if columns else None
+        """The trace of the tokens yielded so far (with ``output_trace=True``, ``steps = 0`` before the first; else
+        None)."""
+        return self.run.trace.finish(self.run.steps) if self.run.trace is not None else None
 
 
 def _stream(run: SampleRun) -> Iterator[Any]:

@@ -42,7 +42,10 @@ class SampleRun:
         self.model, self.plan, self.recorder = model, plan, recorder
         self.steps = 0
         self.forwards = 0
-        self.trace = TraceRecorder(plan.trace_top_k) if plan.output_trace else None
+        self.trace = None
+        if plan.output_trace:
+            vocab = model.cfg.d_vocab_out or model.cfg.d_vocab
+            self.trace = TraceRecorder(plan.trace_top_k, plan.tokens.shape[0], vocab, plan.tokens.device)
 
     def _forward(self, tokens: Tensor, mask: Tensor | None, cache: KVCache | None, q_end: int, n_new: int) -> Tensor:
         if self.recorder is not None:
@@ -103,6 +106,8 @@ class SampleRun:
             lp = logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
             self.logprobs[:, t - plan.prompt_len] = torch.where(live, lp, 0.0)
         if self.trace is not None:
+            if proposed is not None:  # after a row's EOS there is no position to propose for
+                proposed, accepted = torch.where(live, proposed, -1), accepted & live
             self.trace.add(logits, scores, nxt, live, proposed, accepted)
         return nxt, live
 

@@ -27,14 +27,18 @@ from torch import Tensor
 class GenerationTrace:
     """Per generated position of every row (``[batch, steps, ...]``; ``steps`` as in the output).
 
+    After a row's EOS (``live`` False) ``tokens`` and every ``top_ids`` entry are the fill token and every
+    probability is 0 (as ``output_logprobs`` gives 0 there).
+
     Attributes:
         tokens: the chosen token (the fill token after a row's EOS).
         token_probs: its probability under the sampler's distribution (after the processors).
         top_ids: the ``k`` most likely tokens before the processors, most likely first.
         top_probs_raw: their probability before the processors (``softmax`` of the logits).
         top_probs: their probability after the processors (0 for tokens a filter removed).
-        proposed: the token a speculative draft proposed for the position, -1 where none was.
-        accepted: whether the proposal was accepted (False where none was).
+        proposed: the token a speculative draft proposed for the position, -1 where none was (and after a
+            row's EOS). Only output positions are kept: proposals after the first rejected one are not here.
+        accepted: whether the proposal was accepted (False where none was); then ``proposed == tokens``.
         live: False after a row's EOS.
     """
 
@@ -53,10 +57,10 @@ class GenerationTrace:
 
 
 class TraceRecorder:
-    """Collects one :class:`GenerationTrace` column per generated position."""
+    """Collects one :class:`GenerationTrace` column per generated position (``batch`` rows, ``vocab`` logits)."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, batch: int, vocab: int, device: torch.device | str = "cpu"):
+        self.k, self.batch, self.device = min(k, vocab), batch, device
         self.columns: list[tuple[Tensor, ...]] = []
 
     @torch.inference_mode()
@@ -69,7 +73,12 @@ class TraceRecorder:
         proposed: Int[Tensor, " batch"] | None = None,
         accepted: Bool[Tensor, " batch"] | None = None,
     ) -> None:
-        """Record one position: raw ``logits``, the sampler's ``scores`` and the ``chosen`` token."""
+        """Record one position: raw ``logits``, the sampler's ``scores`` and the ``chosen`` token.
+
+        Rows that are not ``live`` (finished before this position; ``chosen`` is the fill token) get the fill
+        token as every alternative and probability 0, as ``output_logprobs`` gives 0 there: what the loop ran
+        for a finished row is no distribution of interest (and differs between plain and speculative decoding).
+        """
         raw = logits.float().softmax(-1)
         after = raw if scores is logits else scores.float().softmax(-1)
         top = raw.topk(min(self.k, raw.shape[-1]), dim=-1)
@@ -77,22 +86,33 @@ class TraceRecorder:
         if proposed is None:
             proposed = torch.full((b,), -1, dtype=torch.long, device=chosen.device)
             accepted = torch.zeros(b, dtype=torch.bool, device=chosen.device)
+        on = live[:, None]
         self.columns.append(
             (
                 chosen.clone(),
-                after.gather(1, chosen[:, None]).squeeze(1),
-                top.indices,
-                top.values,
-                after.gather(1, top.indices),
+                torch.where(live, after.gather(1, chosen[:, None]).squeeze(1), 0.0),
+                torch.where(on, top.indices, chosen[:, None]),
+                torch.where(on, top.values, 0.0),
+                torch.where(on, after.gather(1, top.indices), 0.0),
                 proposed.clone(),
                 accepted.clone(),
                 live.clone(),
             )
         )
 
-    def finish(self) -> GenerationTrace:
-        """The columns stacked along ``step`` (ordinary tensors, outside inference mode)."""
-        if not self.columns:
-            raise ValueError("no generated position was recorded (max_new_tokens=0)")
-        stacked = [torch.stack(parts, dim=1).clone() for parts in zip(*self.columns)]
+    def finish(self, steps: int | None = None) -> GenerationTrace:
+        """The first ``steps`` columns (default all) stacked along ``step`` (ordinary tensors, outside inference
+        mode); a stream asks for the positions it has yielded (a speculative step records several at once).
+
+        With nothing recorded yet (``max_new_tokens=0``, or a stream not yet started) every field has
+        ``steps = 0``: ``tokens`` ``[batch, 0]``, ``top_ids`` ``[batch, 0, k]``, ...
+        """
+        columns = self.columns if steps is None else self.columns[:steps]
+        if not columns:
+            b, k, dev = self.batch, self.k, self.device
+            ids, probs = torch.zeros(b, 0, dtype=torch.long, device=dev), torch.zeros(b, 0, device=dev)
+            flags = torch.zeros(b, 0, dtype=torch.bool, device=dev)
+            top_ids, top_probs = ids[..., None].expand(b, 0, k).clone(), probs[..., None].expand(b, 0, k).clone()
+            return GenerationTrace(ids, probs, top_ids, top_probs, top_probs.clone(), ids.clone(), flags, flags.clone())
+        stacked = [torch.stack(parts, dim=1).clone() for parts in zip(*columns)]
         return GenerationTrace(*stacked)

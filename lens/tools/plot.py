@@ -34,6 +34,7 @@ __all__ = [
     "attention_patterns",
     "figure_id",
     "figures_to_html",
+    "generation_trace",
     "imshow",
     "line",
     "logit_attribution_line",
@@ -353,6 +354,128 @@ def logit_attribution_line(
     for trace in fig.data:
         trace.hovertemplate = f"%{{x}}: %{{y:.4g}}<extra>{trace.name}</extra>"
     return fig
+
+
+def _decoder(model_or_tokenizer: object):
+    """``id -> label``: the tokenizer's ``decode([id])`` (memoised), or the id itself without a tokenizer."""
+    if model_or_tokenizer is None:
+        return str
+    tok = model_or_tokenizer
+    if not callable(getattr(tok, "decode", None)):
+        tok = getattr(model_or_tokenizer, "tokenizer", None)
+    if not callable(getattr(tok, "decode", None)):
+        raise ValueError(
+            "model_or_tokenizer must be a tokenizer (with decode) or a model that has one, got "
+            f"{type(model_or_tokenizer).__name__} without a tokenizer"
+        )
+    seen: dict[int, str] = {}
+
+    def decode(i: int) -> str:
+        if i not in seen:  # spaces shown as "␣" so that whitespace tokens are visible in a cell
+            try:
+                seen[i] = _clean(tok.decode([i])).replace(" ", "\u2423") or "\u2205"
+            except ValueError:  # an id past the tokenizer's vocabulary (a padded unembedding)
+                seen[i] = str(i)
+        return seen[i]
+
+    return decode
+
+
+def generation_trace(
+    trace,
+    model_or_tokenizer: object = None,
+    row: int = 0,
+    which: Literal["after", "raw"] = "after",
+    title: str | None = None,
+) -> go.Figure:
+    """Token-by-step heatmap of one row of a ``generate(..., output_trace=True)`` trace.
+
+    x = generation step, y = the chosen token (top row) then the rank 1..k of the alternatives (the most
+    likely tokens before the sampler's filters); colour = probability after the filters (``which="after"``,
+    0 where a filter removed the token) or before them (``which="raw"``); cell text = the token, decoded
+    with ``model_or_tokenizer`` (a tokenizer, or a model with one; else token ids). The chosen token is
+    also outlined at its rank; under speculative decoding the draft's proposals are marked on the chosen
+    row (a circle where accepted, a cross where rejected). Hover shows the token and both probabilities.
+    Steps after the row's EOS are left blank.
+
+    >>> out = model.generate("def ", 20, do_sample=True, top_k=5, seed=0, output_trace=True)
+    >>> fig = generation_trace(out.trace, model, which="raw")
+    """
+    if not hasattr(trace, "top_ids") or not hasattr(trace, "token_probs"):
+        raise TypeError(f"trace must be a GenerationTrace (generate(..., output_trace=True)), got {type(trace)}")
+    if which not in ("after", "raw"):
+        raise ValueError(f"which must be 'after' or 'raw', got {which!r}")
+    batch, steps, k = trace.top_ids.shape
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < batch:
+        raise ValueError(f"row {row!r} out of range for a trace of {batch} row(s)")
+    if steps == 0:
+        raise ValueError("the trace has no steps (max_new_tokens=0): nothing to plot")
+    decode = _decoder(model_or_tokenizer)
+    ids = trace.top_ids[row].T.tolist()  # [k][step]
+    raw, after = to_numpy(trace.top_probs_raw[row]).T, to_numpy(trace.top_probs[row]).T
+    tokens, live = trace.tokens[row].tolist(), trace.live[row].tolist()
+    proposed, accepted = trace.proposed[row].tolist(), trace.accepted[row].tolist()
+    chosen_after = to_numpy(trace.token_probs[row])
+    rank = [next((r for r in range(k) if ids[r][s] == tokens[s]), None) for s in range(steps)]
+    chosen_raw = np.array([raw[r, s] if r is not None else np.nan for s, r in enumerate(rank)])
+    z = np.vstack([chosen_after if which == "after" else chosen_raw, after if which == "after" else raw])
+    text = [[decode(t) for t in tokens]] + [[decode(i) for i in line] for line in ids]
+    before = np.vstack([chosen_raw, raw])
+    later = np.vstack([chosen_after, after])
+    hover = [
+        [
+            f"step {s}, {'chosen' if y == 0 else f'rank {y}'}: {text[y][s]}<br>"
+            f"p before filters: {'outside top-k' if np.isnan(before[y, s]) else f'{before[y, s]:.4f}'}<br>"
+            f"p after filters: {later[y, s]:.4f}"
+            for s in range(steps)
+        ]
+        for y in range(k + 1)
+    ]
+    for s in range(steps):
+        if not live[s]:  # after the row's EOS
+            z[:, s] = np.nan
+            for y in range(k + 1):
+                text[y][s], hover[y][s] = "", f"step {s}: after EOS"
+    ys = list(range(k + 1))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(steps)),
+            y=ys,
+            text=text,
+            texttemplate="%{text}",
+            hovertext=hover,
+            hovertemplate="%{hovertext}<extra></extra>",
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Blues",
+            colorbar=dict(title="p " + ("after" if which == "after" else "before")),
+            name="trace",
+        )
+    )
+    at = [(s, r + 1) for s, r in enumerate(rank) if r is not None and live[s]]
+    fig.add_trace(
+        go.Scatter(
+            x=[s for s, _ in at], y=[y for _, y in at], mode="markers", name="chosen",
+            marker=dict(symbol="square-open", size=26, color="orange", line=dict(width=2)), hoverinfo="skip",
+        )
+    )  # fmt: skip
+    for name, keep, symbol, colour in (("accepted", True, "circle-open", "green"), ("rejected", False, "x", "red")):
+        where = [s for s in range(steps) if live[s] and proposed[s] >= 0 and bool(accepted[s]) == keep]
+        if where:
+            fig.add_trace(
+                go.Scatter(  # in the chosen cell's top right corner, clear of its text
+                    x=[s + 0.32 for s in where], y=[-0.3] * len(where), mode="markers", name=f"proposal {name}",
+                    marker=dict(symbol=symbol, size=8, color=colour, line=dict(width=2, color=colour)),
+                    text=[f"step {s}: proposed {decode(proposed[s])} ({name})" for s in where],
+                    hovertemplate="%{text}<extra></extra>",
+                )
+            )  # fmt: skip
+    fig.update_yaxes(tickvals=ys, ticktext=["chosen"] + [str(y) for y in ys[1:]], range=[k + 0.5, -0.5])
+    fig.update_xaxes(range=[-0.5, steps - 0.5], tickmode="linear" if steps <= 40 else "auto")
+    legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0)
+    fig.update_layout(height=180 + 34 * (k + 1), width=max(600, 160 + 40 * steps), legend=legend)
+    return _finish(fig, title, "Generation step", "Rank")
 
 
 # ----------------------------------------------------------------------------- export
