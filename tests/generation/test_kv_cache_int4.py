@@ -1,9 +1,9 @@
-"""The 4-bit KV cache (``kv_cache_dtype="int4"``): packing, error bound, memory, accuracy per family, rollback.
+"""The 4-bit KV cache (``kv_cache_dtype="int4"``): packing, error bound, memory, accuracy per family.
 
 Oracles: exact grid values (packing must be lossless on them), the quantization bound ``|x - deq| <= scale / 2``,
 the allocated tensors' sizes, an fp32 cache whose stored keys/values are fake-quantized by plain arithmetic
-after each forward (the int4 cache must give the same logits), the fp32 cache, and a cache that never ran
-the rolled-back tokens.
+after each forward (the int4 cache must give the same logits), and the fp32 cache.
+Rollback (``truncate``) is tested with the other cache dtypes in test_speculative.py.
 """
 
 from __future__ import annotations
@@ -166,35 +166,6 @@ def test_generate_picks_near_argmax_of_uncached_logits(arch):
 
 
 # -- rollback, beams ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["MistralForCausalLM", "LlamaForCausalLM"])
-def test_truncate_equals_never_having_run_the_tokens(arch):
-    """Speculative decoding's rollback: write rejected tokens, truncate, continue; logits and the stored
-    int4 bytes equal a cache that only saw the kept tokens (Mistral: window 5 + 3 spare slots, so rings wrap)."""
-    _, model = pair(arch)
-    g = torch.Generator().manual_seed(4)
-    seq = torch.randint(3, 97, (2, 20), generator=g)
-    wrong = torch.randint(3, 97, (2, 4), generator=g)
-    mask = torch.ones(2, 20, dtype=torch.long)
-    mask[1, :3] = 0
-    cache = KVCache.for_model(model, 2, 24, kv_cache_dtype="int4", spare=3)
-    ref = KVCache.for_model(model, 2, 24, kv_cache_dtype="int4", spare=3)
-    ptrs = [s.k.data_ptr() for s in cache.layers]
-    real = mask.bool()
-    for (lo, hi), n_wrong in zip([(0, 6), (6, 10), (10, 11), (11, 15), (15, 20)], [4, 1, 3, 2, 4]):
-        ours = model(seq[:, lo:hi], attention_mask=mask[:, lo:hi], past_kv_cache=cache)
-        theirs = model(seq[:, lo:hi], attention_mask=mask[:, lo:hi], past_kv_cache=ref)
-        torch.testing.assert_close(ours[real[:, lo:hi]], theirs[real[:, lo:hi]], atol=1e-5, rtol=0)
-        before = cache.offset
-        model(wrong[:, :n_wrong], past_kv_cache=cache)  # proposals that get rejected
-        cache.truncate(before)
-        assert cache.offset == ref.offset == hi
-    assert [s.k.data_ptr() for s in cache.layers] == ptrs  # no reallocation
-    for a, b in zip(cache.layers, ref.layers):
-        if not a.ring:  # a plain buffer holds exactly the kept positions' bytes
-            for name in a.tensors():
-                assert torch.equal(getattr(a, name)[:, :, :20], getattr(b, name)[:, :, :20]), name
-
-
 def test_reorder_gathers_packed_values_and_scales():
     _, model = pair("LlamaForCausalLM")
     tokens = torch.randint(3, 97, (3, 5), generator=torch.Generator().manual_seed(6))

@@ -198,9 +198,10 @@ def test_repetition_penalty_greedy_equals_plain():
 
 # -- the KV cache's rollback ---------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["MistralForCausalLM", "LlamaForCausalLM"])
-@pytest.mark.parametrize("kv_cache_dtype", [None, "int8"])
+@pytest.mark.parametrize("kv_cache_dtype", [None, "int8", "int4"])
 def test_truncate_equals_never_having_run_the_tokens(arch, kv_cache_dtype):
-    """Write speculative tokens, roll them back, continue: logits equal a cache that only saw the kept tokens."""
+    """Write speculative tokens, roll them back, continue: logits equal a cache that only saw the kept tokens,
+    and a plain (non-ring) buffer holds exactly the kept positions' bytes (values and scales)."""
     _, model = pair(arch)  # Mistral: window 5, so the ring (5 + 3 spare slots) wraps
     g = torch.Generator().manual_seed(4)
     seq = torch.randint(3, 97, (2, 20), generator=g)
@@ -218,8 +219,12 @@ def test_truncate_equals_never_having_run_the_tokens(arch, kv_cache_dtype):
         before = cache.offset
         model(wrong[:, :n_wrong], past_kv_cache=cache)  # proposals that get rejected
         cache.truncate(before)
-        assert cache.offset == ref.offset
+        assert cache.offset == ref.offset == hi
     assert [s.k.data_ptr() for s in cache.layers] == ptrs  # no reallocation, no copies
+    for a, b in zip(cache.layers, ref.layers):
+        if not a.ring:
+            for name in a.tensors():
+                assert torch.equal(getattr(a, name)[:, :, :20], getattr(b, name)[:, :, :20]), name
 
 
 def test_truncate_limits():

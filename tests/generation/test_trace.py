@@ -18,6 +18,7 @@ import torch
 import lens
 from lens.generation import GenerationConfig
 from tests.generation._hf import pair
+from tests.generation.test_speculative import repeating_batch
 
 N_NEW = 14
 ATOL = 1e-5
@@ -39,17 +40,6 @@ def byte_model() -> lens.HookedTransformer:
     with torch.no_grad():
         m.unembed.weight.mul_(4)  # peaked enough that greedy rows repeat and hit an EOS
     return m.eval()
-
-
-def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """Three left-padded prompts (lengths 12, 7, 10) that repeat themselves, so prompt lookup finds n-grams."""
-    g = torch.Generator().manual_seed(7)
-    base = torch.randint(3, 97, (3, 4), generator=g)
-    tokens = torch.cat((base, base, base[:, :2], base[:, :2]), 1)  # [3, 12]
-    mask = torch.ones(3, 12, dtype=torch.long)
-    mask[1, :5] = 0
-    mask[2, :2] = 0
-    return tokens.masked_fill(mask == 0, 0), mask
 
 
 def oracle(model, out, mask, prompt_len: int, **settings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +78,7 @@ def check_against_oracle(model, trace, out, mask, prompt_len: int, k: int, **set
 
 
 def test_greedy_trace_is_the_models_distribution(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     out = model.generate(tokens, N_NEW, attention_mask=mask, stop_at_eos=False, output_trace=True)
     assert out.logprobs is None and out.stats is None and out.cache is None
     tr = out.trace
@@ -100,7 +90,7 @@ def test_greedy_trace_is_the_models_distribution(model):
 
 
 def test_greedy_with_repetition_penalty(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     settings = dict(repetition_penalty=1.8)
     out = model.generate(tokens, N_NEW, attention_mask=mask, stop_at_eos=False, output_trace=True, **settings)
     raw, after = check_against_oracle(model, out.trace, out.output, mask, 12, 5, **settings)
@@ -110,7 +100,7 @@ def test_greedy_with_repetition_penalty(model):
 
 
 def test_sampling_with_every_filter(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     settings = dict(do_sample=True, temperature=0.7, top_k=8, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
     out = model.generate(tokens, N_NEW, attention_mask=mask, stop_at_eos=False, output_trace=True, trace_top_k=12,
                          seed=0, **settings)  # fmt: skip
@@ -146,7 +136,7 @@ def test_eos_stops_rows_live_flags_and_fill(byte_model):
 
 @pytest.mark.parametrize("k", [1, 3, 200])
 def test_trace_top_k(model, k):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     out = model.generate(tokens, 6, attention_mask=mask, stop_at_eos=False, output_trace=True, trace_top_k=k,
                          repetition_penalty=1.5)  # fmt: skip
     check_against_oracle(model, out.trace, out.output, mask, 12, k, repetition_penalty=1.5)
@@ -157,7 +147,7 @@ def test_trace_top_k(model, k):
 
 
 def test_without_the_kv_cache_and_with_return_cache(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     kw = dict(attention_mask=mask, stop_at_eos=False, output_trace=True, repetition_penalty=1.3)
     ref = model.generate(tokens, 8, **kw).trace
     for other in (dict(use_past_kv_cache=False), dict(return_cache=True, names_filter="hook_embed")):
@@ -186,7 +176,7 @@ def check_speculative(plain, spec, greedy: bool) -> None:
 
 
 def test_prompt_lookup_trace_is_plain_greedys(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     kw = dict(attention_mask=mask, stop_at_eos=False, output_trace=True, return_stats=True)
     plain = model.generate(tokens, N_NEW, **kw)
     spec = model.generate(tokens, N_NEW, prompt_lookup_num_tokens=3, **kw)
@@ -201,7 +191,7 @@ def test_prompt_lookup_trace_is_plain_greedys(model):
 
 
 def test_assistant_trace_is_plain_greedys(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     plain = model.generate(tokens, N_NEW, attention_mask=mask, stop_at_eos=False, output_trace=True)
     eos = int(plain.output[0, 12 + 5])
     for stop in (False, True):  # the model drafting for itself: every proposal is accepted
@@ -222,7 +212,7 @@ def test_assistant_trace_is_plain_greedys(model):
 @pytest.mark.parametrize("draft", ["lookup", "assistant"])
 def test_speculative_sampling_probabilities(model, draft):
     """The recorded probabilities are the target's (after the filters) for the output it sampled."""
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     settings = dict(do_sample=True, temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.2)
     how = dict(prompt_lookup_num_tokens=3) if draft == "lookup" else dict(assistant_model=model, num_assistant_tokens=3)
     out = model.generate(tokens, N_NEW, attention_mask=mask, stop_at_eos=False, output_trace=True, return_stats=True,
@@ -241,7 +231,7 @@ def test_speculative_sampling_probabilities(model, draft):
 @pytest.mark.parametrize("how", ["plain", "lookup", "assistant"])
 def test_stream_trace_grows_and_equals_generates(model, how):
     """One step per yielded token, also where a speculative step accepts several tokens at once."""
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     if how == "assistant":  # one row, the model drafting for itself: every step accepts 3 tokens + 1
         tokens, mask = tokens[:1], None
     drafts = dict(plain={}, lookup=dict(prompt_lookup_num_tokens=3), assistant=dict(assistant_model=model))
@@ -267,7 +257,7 @@ def test_stream_trace_grows_and_equals_generates(model, how):
 
 # -- edge cases and bad input ------------------------------------------------------------------------------
 def test_no_new_tokens_gives_an_empty_trace(model):
-    tokens, mask = padded_batch()
+    tokens, mask = repeating_batch()
     for how in ({}, dict(prompt_lookup_num_tokens=3)):
         out = model.generate(tokens, 0, attention_mask=mask, stop_at_eos=False, output_trace=True, trace_top_k=4, **how)
         assert torch.equal(out.output, tokens)
