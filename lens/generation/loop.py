@@ -106,8 +106,6 @@ class SampleRun:
             lp = logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
             self.logprobs[:, t - plan.prompt_len] = torch.where(live, lp, 0.0)
         if self.trace is not None:
-            if proposed is not None:  # after a row's EOS there is no position to propose for
-                proposed, accepted = torch.where(live, proposed, -1), accepted & live
             self.trace.add(logits, scores, nxt, live, proposed, accepted)
         return nxt, live
 

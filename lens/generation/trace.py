@@ -76,8 +76,9 @@ class TraceRecorder:
         """Record one position: raw ``logits``, the sampler's ``scores`` and the ``chosen`` token.
 
         Rows that are not ``live`` (finished before this position; ``chosen`` is the fill token) get the fill
-        token as every alternative and probability 0, as ``output_logprobs`` gives 0 there: what the loop ran
-        for a finished row is no distribution of interest (and differs between plain and speculative decoding).
+        token as every alternative, probability 0 and no proposal, as ``output_logprobs`` gives 0 there: what
+        the loop ran for a finished row is no distribution of interest (and differs between plain and
+        speculative decoding).
         """
         raw = logits.float().softmax(-1)
         after = raw if scores is logits else scores.float().softmax(-1)
@@ -94,8 +95,8 @@ class TraceRecorder:
                 torch.where(on, top.indices, chosen[:, None]),
                 torch.where(on, top.values, 0.0),
                 torch.where(on, after.gather(1, top.indices), 0.0),
-                proposed.clone(),
-                accepted.clone(),
+                torch.where(live, proposed, -1),  # after a row's EOS there is no position to propose for
+                accepted & live,
                 live.clone(),
             )
         )
