@@ -16,8 +16,8 @@ Also reported, for the current code only:
   taken from the model's parameters as plain tensors in their stored layout, and nothing else. No
   decoder that streams those weights can be faster on this machine, so ``HF time / floor`` bounds the
   speed-up over HF;
-- that lens and HF emit the same tokens, and the int8 KV cache's memory and max logit difference vs the
-  fp32 cache (both teacher-forced on the same tokens);
+- that lens and HF emit the same tokens, and the int8 and int4 KV caches' memory and max logit difference
+  vs the fp32 cache (teacher-forced on the same tokens; :mod:`benchmarks.bench_kv_cache`);
 - speculative decoding (prompt lookup, draft models) on a code-continuation workload against lens's own
   plain greedy decoding: speed-up, identical tokens, acceptance, bandwidth fraction
   (:mod:`benchmarks._speculative`).
@@ -209,32 +209,12 @@ def tl_worker(new: int, repeats: int) -> dict:
     return out
 
 
-@torch.inference_mode()
-def int8_cache_report(model, prompt: torch.Tensor, new: int) -> dict:
-    """Max |logit difference| of the int8 cache vs the fp32 cache over ``new`` teacher-forced steps."""
-    from lens.generation import KVCache
+def quantized_cache_report(model, prompt: torch.Tensor, new: int) -> dict:
+    """int8 and int4 KV caches vs fp32, teacher-forced on the greedy tokens (:mod:`benchmarks.bench_kv_cache`)."""
+    from benchmarks.bench_kv_cache import on_greedy_continuation
 
-    step = getattr(model, "decode_step", None)
-    if step is None:  # older lens: the ordinary forward with a cache
-        step = lambda t, cache: model(t, past_kv_cache=cache)[:, -1].float()  # noqa: E731
-    tokens = model.generate(prompt, new, stop_at_eos=False)
-    logits = {}
-    for dtype in (None, "int8"):
-        cache = KVCache.for_model(model, tokens.shape[0], tokens.shape[1], kv_cache_dtype=dtype)
-        steps = [step(tokens[:, : prompt.shape[1]], cache)]
-        for t in range(prompt.shape[1], tokens.shape[1] - 1):
-            steps.append(step(tokens[:, t : t + 1], cache))
-        logits[dtype] = torch.stack(steps, 1)
-        logits[f"{dtype}_bytes"] = cache.nbytes
-    diff = (logits["int8"] - logits[None]).abs()
-    agree = (logits["int8"].argmax(-1) == logits[None].argmax(-1)).float().mean().item()
-    return {
-        "max_logit_diff": diff.max().item(),
-        "mean_logit_diff": diff.mean().item(),
-        "logit_scale": logits[None].abs().max().item(),
-        "argmax_agreement": agree,
-        "memory_ratio": logits["int8_bytes"] / logits["None_bytes"],
-    }
+    r = on_greedy_continuation(model, prompt, new)
+    return {d: {**r[d], "logit_scale": r["logit_scale"]} for d in ("int8", "int4")}
 
 
 def _medians(rounds: list[dict]) -> dict:
@@ -325,7 +305,7 @@ def main() -> None:
                 for b in BATCHES:
                     extra[f"batch{b}"]["read"].append(_timed(read)[:2])
                     extra[f"batch{b}"]["floor"].append(_timed(floors[b])[:2])
-    report["int8_cache"] = int8_cache_report(model, cur.prompts[1], new)  # the worker is gone by now
+    report["quantized_cache"] = quantized_cache_report(model, cur.prompts[1], new)  # the worker is gone by now
     cur_med = _medians(cur_rounds)
     base_med = _medians(base_rounds) if base_rounds else None
 
@@ -421,12 +401,12 @@ def print_report(report: dict) -> None:
             f"decoder can beat {row['ceiling_vs_hf']:.2f}x HF here; lens takes {row['lens_over_floor']:.2f}x "
             "that floor (prefill included)"
         )
-    q = report["int8_cache"]
-    print(
-        f"int8 KV cache: {q['memory_ratio']:.3f}x fp32 memory; max |logit diff| {q['max_logit_diff']:.4f} "
-        f"(mean {q['mean_logit_diff']:.5f}, logits up to {q['logit_scale']:.1f}), "
-        f"argmax agreement {q['argmax_agreement']:.3f}"
-    )
+    for dtype, q in report["quantized_cache"].items():
+        print(
+            f"{dtype} KV cache: {q['memory_ratio']:.3f}x fp32 memory; max |logit diff| {q['max_logit_diff']:.4f} "
+            f"(mean {q['mean_logit_diff']:.5f}, logits up to {q['logit_scale']:.1f}), "
+            f"argmax agreement {q['argmax_agreement']:.3f}"
+        )
     if "baseline" not in report:
         print(f"target: batch 8 lens/HF >= 1.4: {report['batch8']['lens']['vs_hf']:.3f}")
         return

@@ -104,9 +104,12 @@ def gpt2_small_report(steps: int) -> dict:
     model = from_hf_model(gpt2_small()).eval()
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 50257, (1, 32), generator=g)
-    tokens = model.generate(prompt, steps, stop_at_eos=False)  # its own greedy continuation
-    r = compare(model, tokens, 32)
-    return {"d_head": model.cfg.d_head, **r}
+    return {"d_head": model.cfg.d_head, **on_greedy_continuation(model, prompt, steps)}
+
+
+def on_greedy_continuation(model, prompt: torch.Tensor, new: int) -> dict:
+    """:func:`compare` on ``prompt`` and ``new`` tokens of the model's own greedy continuation."""
+    return compare(model, model.generate(prompt, new, stop_at_eos=False), prompt.shape[1])
 
 
 def main() -> None:
